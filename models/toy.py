@@ -1,0 +1,106 @@
+"""Toy language models with known conditionals (n-gram tables), for exactness tests.
+
+An order-``n`` table ``table[c_1, ..., c_{n-1}, :]`` is the next-token law given
+the last ``n - 1`` tokens; id ``V`` (one past the vocabulary) pads contexts
+shorter than ``n - 1``. Tables are plain arrays, so tests can enumerate every
+sequence's exact probability and run the same code under ``jit``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsd_jax import tree as tree_lib
+
+Array = jax.Array
+
+
+def random_table(
+    rng: np.random.Generator,
+    vocab: int,
+    order: int,
+    alpha: float = 1.0,
+    zero_frac: float = 0.0,
+) -> np.ndarray:
+    """Random n-gram table ``[V+1]*(order-1) + [V]`` (float64, rows sum to 1).
+
+    Args:
+      rng: numpy generator.
+      vocab: vocabulary size ``V``.
+      order: ``n`` (1 = unigram, 2 = bigram, ...).
+      alpha: Dirichlet concentration (small = peaked, near-degenerate rows).
+      zero_frac: probability that an entry is forced to zero (disjoint-ish
+        supports); at least one entry per row is kept.
+    """
+    shape = (vocab + 1,) * (order - 1) + (vocab,)
+    table = rng.dirichlet(np.full(vocab, alpha), size=shape[:-1])
+    if zero_frac > 0:
+        zero = rng.random(table.shape) < zero_frac
+        keep = rng.integers(vocab, size=shape[:-1])
+        zero[..., :][np.arange(vocab) == keep[..., None]] = False
+        table = np.where(zero, 0.0, table)
+        table /= table.sum(-1, keepdims=True)
+    return table.reshape(shape)
+
+
+def context_of(prefix: tuple[int, ...], order: int, vocab: int) -> tuple[int, ...]:
+    """Last ``order - 1`` ids of ``prefix``, left-padded with the pad id ``vocab``."""
+    k = order - 1
+    if k == 0:
+        return ()
+    padded = (vocab,) * k + tuple(prefix)
+    return padded[-k:]
+
+
+def sequence_prob(table: np.ndarray, prefix: tuple[int, ...], seq: tuple[int, ...]) -> float:
+    """Exact probability of ``seq`` following ``prefix`` under the table."""
+    order, vocab = table.ndim, table.shape[-1]
+    prob, ctx = 1.0, tuple(prefix)
+    for x in seq:
+        prob *= float(table[context_of(ctx, order, vocab)][x])
+        ctx = ctx + (x,)
+    return prob
+
+
+def joint_law(table: np.ndarray, prefix: tuple[int, ...], length: int) -> dict:
+    """``{seq: prob}`` for every sequence of ``length`` ids after ``prefix``."""
+    vocab = table.shape[-1]
+    return {
+        seq: sequence_prob(table, prefix, seq)
+        for seq in itertools.product(range(vocab), repeat=length)
+    }
+
+
+def tree_probs(table: Array, prefix: Array, tree: tree_lib.Tree) -> Array:
+    """Next-token law at every slot of a drafted tree (jit-friendly).
+
+    Args:
+      table: n-gram table (``order - 1`` context axes, then ``V``).
+      prefix: ``[order - 1]`` last committed ids *before* the root token,
+        already padded with ``V`` (only used when the path is shorter).
+      tree: drafted tree; slot 0 is the root (its token is the last
+        committed id).
+
+    Returns:
+      ``[N+1, V]`` rows ``table[context(slot)]``.
+    """
+    k = table.ndim - 1
+    if k == 0:
+        return jnp.broadcast_to(table, tree.tokens.shape + table.shape)
+    n = tree.tokens.shape[0]
+    p = prefix.shape[0]
+    # Token at hop h above each slot (h = 0: the slot itself), walking up to the
+    # root and then back through the committed prefix.
+    hops, cur, outside = [], jnp.arange(n), jnp.zeros((n,), jnp.int32)
+    for _ in range(k):
+        in_tree = cur >= 0
+        from_prefix = prefix[jnp.clip(p - 1 - outside, 0, p - 1)]
+        hops.append(jnp.where(in_tree, tree.tokens[jnp.maximum(cur, 0)], from_prefix))
+        outside = outside + (~in_tree).astype(jnp.int32)
+        cur = jnp.where(in_tree, tree.parents[jnp.maximum(cur, 0)], -1)
+    ctx = tuple(hops[::-1])  # oldest first
+    return table[ctx]

@@ -1,0 +1,147 @@
+"""Sampling transforms: logits -> the exact distribution a sampler draws from.
+
+Every lossless verifier needs the *same* law that produced the draft tokens
+(ALGORITHMS.md section 2). This module is the single place where logits become
+probabilities: temperature (``T = 0`` is greedy), top-k, top-p and a mask of ids
+that must never be produced (e.g. vocabulary padding). Apply it identically to
+the draft and to the target.
+
+All functions act on the last axis, accept any leading batch shape, and are
+pure and jit/vmap friendly. Run-time knobs (temperature, top-k, top-p) are
+arrays or Python scalars; changing their *values* never triggers a recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Large-negative stand-in used internally; outputs use exact zeros / -inf.
+_NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Run-time sampling settings shared by draft and target.
+
+    Attributes:
+      temperature: ``T >= 0``; ``0`` means greedy (one-hot argmax).
+      top_k: keep the ``k`` most likely ids; ``0`` disables. Ties at the k-th
+        value are all kept (the rule is "logit >= k-th largest logit").
+      top_p: nucleus mass in ``(0, 1]``; ``1`` disables. Keeps the smallest set
+        of most likely ids whose mass reaches ``top_p`` (the id that crosses the
+        threshold is kept).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def ban_ids(logits: Array, banned: Array | None) -> Array:
+    """Sets logits of banned ids to ``-inf``.
+
+    Args:
+      logits: ``[..., V]``.
+      banned: ``[V]`` (or broadcastable) boolean, True = never sample; None = no-op.
+
+    Returns:
+      ``[..., V]`` logits with banned entries at ``-inf``.
+    """
+    if banned is None:
+        return logits
+    return jnp.where(banned, _NEG_INF, logits)
+
+
+def vocab_mask(vocab_size: int, valid_vocab_size: int) -> Array:
+    """Boolean ``[vocab_size]`` mask, True for padding ids ``>= valid_vocab_size``."""
+    if not 0 < valid_vocab_size <= vocab_size:
+        raise ValueError(f"valid_vocab_size must be in (0, {vocab_size}], got {valid_vocab_size}")
+    return jnp.arange(vocab_size) >= valid_vocab_size
+
+
+def _top_k_mask(logits: Array, top_k) -> Array:
+    """True where the id survives top-k (``top_k <= 0`` keeps everything)."""
+    v = logits.shape[-1]
+    top_k = jnp.asarray(top_k, jnp.int32)
+    sorted_desc = -jnp.sort(-logits, axis=-1)
+    kth_index = jnp.clip(top_k - 1, 0, v - 1)
+    kth = jnp.take_along_axis(
+        sorted_desc, jnp.broadcast_to(kth_index, logits.shape[:-1] + (1,)), axis=-1
+    )
+    return (top_k <= 0) | (logits >= kth)
+
+
+def _top_p_mask(probs: Array, top_p) -> Array:
+    """True where the id survives nucleus filtering of ``probs``."""
+    order = jnp.argsort(-probs, axis=-1, stable=True)
+    sorted_p = jnp.take_along_axis(probs, order, axis=-1)
+    mass_before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
+    keep_sorted = mass_before < top_p
+    keep_sorted = keep_sorted.at[..., 0].set(True)  # never empty
+    # Scatter back to vocabulary order: rank of each id in the sorted order.
+    inverse = jnp.argsort(order, axis=-1)
+    keep = jnp.take_along_axis(keep_sorted, inverse, axis=-1)
+    return keep | (top_p >= 1.0)
+
+
+def probs_from_logits(
+    logits: Array,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    banned: Array | None = None,
+) -> Array:
+    """Applies banned-id masking, temperature, top-k and top-p; returns probabilities.
+
+    Order follows common practice: ban, then temperature, then top-k, then top-p
+    on the tempered distribution, then renormalise. ``temperature == 0`` gives
+    the one-hot argmax (ties broken towards the lowest id), ignoring top-k/p.
+
+    Args:
+      logits: ``[..., V]`` float logits (computed in their dtype, at least
+        float32 precision is recommended).
+      temperature: scalar ``>= 0`` (array or float).
+      top_k: scalar int, ``0`` disables.
+      top_p: scalar in ``(0, 1]``, ``1`` disables.
+      banned: optional ``[V]`` boolean mask of ids that must never be produced.
+
+    Returns:
+      ``[..., V]`` probabilities summing to one, exactly zero outside the support.
+    """
+    logits = ban_ids(logits, banned)
+    dtype = logits.dtype
+    temperature = jnp.asarray(temperature, dtype)
+    greedy = temperature <= 0
+    safe_t = jnp.where(greedy, jnp.ones_like(temperature), temperature)
+    scaled = logits / safe_t
+    keep = _top_k_mask(scaled, top_k)
+    scaled = jnp.where(keep, scaled, _NEG_INF)
+    probs = jax.nn.softmax(scaled, axis=-1)
+    keep = _top_p_mask(probs, jnp.asarray(top_p, dtype))
+    probs = jnp.where(keep, probs, 0.0)
+    probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
+    one_hot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=dtype)
+    return jnp.where(greedy, one_hot, probs)
+
+
+def log_probs_from_logits(logits: Array, temperature=1.0, top_k=0, top_p=1.0, banned=None):
+    """``log`` of :func:`probs_from_logits`; excluded ids are exactly ``-inf``."""
+    return safe_log(probs_from_logits(logits, temperature, top_k, top_p, banned))
+
+
+def safe_log(probs: Array) -> Array:
+    """``log(probs)`` with exact ``-inf`` for zero entries (no NaN, no warning)."""
+    return jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), _NEG_INF)
