@@ -23,8 +23,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from rsd_jax import beam as beam_lib
-from rsd_jax import gumbel, transforms
+from rsd_jax import gumbel, sbs, transforms
 from rsd_jax import tree as tree_lib
 
 Array = jax.Array
@@ -83,7 +82,7 @@ def draft_tree(
         if spec.kind == "beam":
             if level == 1:
                 phi, score = phi.astype(probs.dtype), score.astype(probs.dtype)
-            out = beam_lib.sbs_level(
+            out = sbs.sbs_level(
                 k_level, phi, score, parent_valid, log_p, spec.num_sequences, sbs_truncate
             )
             tokens, ok = out.token, out.valid

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsd_jax import beam, gumbel
+from rsd_jax import gumbel, sbs
 from tests import lawcheck
 
 P1 = np.array([0.5, 0.3, 0.2])  # level-1 law
@@ -19,7 +19,7 @@ P2 = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.45, 0.45]])  # p(b | a)
 class TruncatedScoresTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_max_is_parent_score_and_order_is_kept(self):
-        fn = self.variant(beam.truncated_gumbel_scores)
+        fn = self.variant(sbs.truncated_gumbel_scores)
         key = jax.random.PRNGKey(0)
         for parent in (-3.0, 0.0, 2.5):
             phi = jnp.log(jnp.asarray(P2)) - 1.0
@@ -39,20 +39,20 @@ class TruncatedScoresTest(chex.TestCase):
             z = gt.max(-1, keepdims=True)
             naive = -jnp.log(jnp.exp(-parent[:, None]) - jnp.exp(-z) + jnp.exp(-gt))
             np.testing.assert_allclose(
-                beam.truncated_gumbel_scores(parent, phi, g), naive, rtol=1e-12
+                sbs.truncated_gumbel_scores(parent, phi, g), naive, rtol=1e-12
             )
 
     def test_extreme_values_stay_finite_and_impossible_ids_stay_neg_inf(self):
         phi = jnp.array([[-80.0, -jnp.inf, -85.0, -79.0]])
         g = jnp.array([[30.0, 0.0, -2.0, 0.5]])
-        out = beam.truncated_gumbel_scores(jnp.array([-50.0]), phi, g)
+        out = sbs.truncated_gumbel_scores(jnp.array([-50.0]), phi, g)
         self.assertTrue(bool(jnp.isneginf(out[0, 1])))
         self.assertTrue(bool(jnp.all(jnp.isfinite(out[0, jnp.array([0, 2, 3])]))))
         self.assertFalse(bool(jnp.any(jnp.isnan(out))))
 
 
 def _level_one(key, width):
-    out = beam.sbs_level(
+    out = sbs.sbs_level(
         key, jnp.zeros(1), jnp.zeros(1), jnp.ones(1, bool), jnp.log(jnp.asarray(P1))[None], width
     )
     return out.token
@@ -73,10 +73,10 @@ def test_depth_one_equals_gumbel_top_w_in_law():
 def _two_levels(key, width, truncate):
     k1, k2 = jax.random.split(key)
     log1, log2 = jnp.log(jnp.asarray(P1)), jnp.log(jnp.asarray(P2))
-    l1 = beam.sbs_level(
+    l1 = sbs.sbs_level(
         k1, jnp.zeros(1), jnp.zeros(1), jnp.ones(1, bool), log1[None], width, truncate
     )
-    l2 = beam.sbs_level(k2, l1.phi, l1.score, l1.valid, log2[l1.token], width, truncate)
+    l2 = sbs.sbs_level(k2, l1.phi, l1.score, l1.valid, log2[l1.token], width, truncate)
     first = l1.token[l2.parent]
     return first * 3 + l2.token  # sequence code, beam order
 
@@ -110,7 +110,7 @@ def test_final_beam_negative_control_without_truncation():
 class SbsLevelTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_small_support_and_invalid_parents(self):
-        fn = self.variant(beam.sbs_level, static_argnums=(5, 6))
+        fn = self.variant(sbs.sbs_level, static_argnums=(5, 6))
         log_p = jnp.log(jnp.array([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]))
         out = fn(
             jax.random.PRNGKey(0),
@@ -128,7 +128,7 @@ class SbsLevelTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_beam_is_in_descending_score(self):
-        fn = self.variant(beam.sbs_level, static_argnums=(5,))
+        fn = self.variant(sbs.sbs_level, static_argnums=(5,))
         log1 = jnp.log(jnp.asarray(P1))
         root = (jnp.zeros(1), jnp.zeros(1), jnp.ones(1, bool))
         out = fn(jax.random.PRNGKey(3), *root, log1[None], 3)
