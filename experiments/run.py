@@ -1,0 +1,39 @@
+"""Entry point: ``python -m experiments.run --config=experiments/configs/NAME.py[:k=v,...]``.
+
+The only I/O layer: flags, files, clocks and printing live here and in the
+job modules it dispatches to (by ``config.job``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config .py file[:k=v,...].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results (optional for demos).")
+
+JOBS = ("toy_demo",)
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=experiments/configs/toy_demo.py")
+    if config.job not in JOBS:
+        raise app.UsageError(f"unknown job {config.job!r}; known jobs: {JOBS}")
+    from experiments import toy_demo
+
+    rows = toy_demo.run(config)
+    print(toy_demo.format_table(rows, config.rounds))
+    if _WORKDIR.value:
+        os.makedirs(_WORKDIR.value, exist_ok=True)
+        with open(os.path.join(_WORKDIR.value, "summary.json"), "w") as f:
+            json.dump({"config": config.to_dict(), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)

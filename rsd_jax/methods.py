@@ -1,0 +1,128 @@
+"""Decoding methods as small factories: a tree shape plus the node verifier that fits it.
+
+Adding a method means adding a factory here; nothing in drafting, verification
+or the decoding loop changes. Each method checks that its verifier's proposal
+assumption (i.i.d. siblings or without-replacement siblings) matches how its
+tree is drafted, because a mismatch silently breaks losslessness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rsd_jax import tree as tree_lib
+from rsd_jax import verify
+
+_PROPOSAL_OF_KIND = {
+    "chain": "iid",
+    "iid": "iid",
+    "branching": "without_replacement",
+    "beam": "without_replacement",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A speculative decoding method.
+
+    Attributes:
+      name: display name, e.g. ``"RSD-S"``.
+      spec: static draft-tree shape.
+      verifier: node verification rule.
+    """
+
+    name: str
+    spec: tree_lib.TreeSpec
+    verifier: verify.NodeVerifier
+
+    def __post_init__(self):
+        # A chain has one child per node: both i.i.d. and without-replacement rules apply.
+        expected = _PROPOSAL_OF_KIND[self.spec.kind]
+        if self.spec.kind != "chain" and self.verifier.proposal != expected:
+            raise ValueError(
+                f"verifier {self.verifier.name!r} assumes {self.verifier.proposal} siblings but a "
+                f"{self.spec.kind} tree drafts {expected} siblings; this would not be lossless"
+            )
+
+    @property
+    def budget(self) -> int:
+        """Target budget ``B``: draft nodes scored per target call (root excluded)."""
+        return self.spec.num_nodes
+
+    @property
+    def draft_calls(self) -> int:
+        """Sequential draft calls per round (``L``)."""
+        return self.spec.depth
+
+    def describe(self) -> str:
+        return f"{self.name} [{self.spec.describe()}, verifier={self.verifier.name}]"
+
+
+def sd(length: int) -> Method:
+    """Speculative decoding: a chain of ``length`` draft tokens."""
+    return Method("SD", tree_lib.chain(length), verify.get_verifier("sd"))
+
+
+def mrs(num_sequences: int, length: int) -> Method:
+    """SpecInfer-style multi-round rejection over ``K`` i.i.d. draft sequences."""
+    return Method("MRS", tree_lib.iid(num_sequences, length), verify.get_verifier("mrs"))
+
+
+def spectr(num_sequences: int, length: int) -> Method:
+    """SpecTr: ``K`` i.i.d. draft sequences verified with K-SEQ."""
+    return Method("SpecTr", tree_lib.iid(num_sequences, length), verify.get_verifier("kseq"))
+
+
+def rsd_c(branching) -> Method:
+    """RSD with constant branching factors (Gumbel-Top-k per node)."""
+    return Method("RSD-C", tree_lib.branching(branching), verify.get_verifier("rrs"))
+
+
+def rsd_s(width: int, length: int) -> Method:
+    """RSD with stochastic beam search of width ``width`` over ``length`` levels."""
+    return Method("RSD-S", tree_lib.beam(width, length), verify.get_verifier("rrs"))
+
+
+FACTORIES = {"sd": sd, "mrs": mrs, "spectr": spectr, "rsd_c": rsd_c, "rsd_s": rsd_s}
+
+
+def make(name: str, **shape) -> Method:
+    """Builds a method by name with its shape keywords.
+
+    Examples: ``make("sd", length=3)``, ``make("spectr", num_sequences=2,
+    length=3)``, ``make("rsd_c", branching=(2, 2))``, ``make("rsd_s", width=3,
+    length=2)``.
+
+    Raises:
+      ValueError: unknown method name or wrong shape keywords.
+    """
+    if name not in FACTORIES:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(FACTORIES)}")
+    try:
+        return FACTORIES[name](**shape)
+    except TypeError as e:
+        raise ValueError(f"bad shape for method {name!r}: {e}") from None
+
+
+def parse(text: str) -> Method:
+    """Parses the compact method syntax used in configs.
+
+    ``sd:L``, ``mrs:KxL``, ``spectr:KxL``, ``rsd_c:b1-b2-...``, ``rsd_s:WxL``;
+    e.g. ``"rsd_s:3x2"`` is RSD-S with width 3 and depth 2.
+
+    Raises:
+      ValueError: with the accepted syntax, for anything else.
+    """
+    syntax = "expected sd:L, mrs:KxL, spectr:KxL, rsd_c:b1-b2-..., rsd_s:WxL"
+    name, sep, shape = text.strip().partition(":")
+    if not sep or name not in FACTORIES:
+        raise ValueError(f"bad method {text!r}: {syntax}")
+    try:
+        if name == "sd":
+            return sd(int(shape))
+        if name == "rsd_c":
+            return rsd_c(tuple(int(b) for b in shape.split("-")))
+        k, length = (int(x) for x in shape.split("x"))
+    except ValueError as e:
+        raise ValueError(f"bad method {text!r}: {syntax} ({e})") from None
+    return FACTORIES[name](k, length)
