@@ -53,8 +53,10 @@ class TreeSpec:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown tree kind {self.kind!r}; choose one of {KINDS}")
-        if not self.level_sizes or min(self.level_sizes) < 1:
-            raise ValueError(f"a tree needs >= 1 level of >= 1 node, got {self.level_sizes}")
+        if self.level_sizes and min(self.level_sizes) < 1:
+            raise ValueError(f"every tree level needs >= 1 node, got {self.level_sizes}")
+        if not self.level_sizes and self.kind != "chain":
+            raise ValueError(f"only a chain may have no levels (AR), got kind {self.kind!r}")
 
     @property
     def depth(self) -> int:
@@ -85,7 +87,7 @@ class TreeSpec:
             return self.num_sequences
         if self.kind == "iid":
             return self.num_sequences
-        return max(self.branching)
+        return max(self.branching, default=1)
 
     def static_parents(self) -> np.ndarray | None:
         """``[N+1]`` parent slot of each slot (root -1), or None if decided at run time."""
@@ -109,7 +111,7 @@ class TreeSpec:
         """Human-readable shape, e.g. ``RSD-C 2-2-2 (B=14, L=3)``."""
         b, n, d = self.num_nodes, self.num_sequences, self.depth
         if self.kind == "chain":
-            return f"chain L={d} (B={b})"
+            return f"chain L={d} (B={b})" if d else "AR (no draft)"
         if self.kind == "iid":
             return f"iid {n}x{d} (B={b}, L={d})"
         if self.kind == "branching":
@@ -121,6 +123,11 @@ def chain(length: int) -> TreeSpec:
     """SD chain of ``length`` draft tokens."""
     _check_positive("length", length)
     return TreeSpec("chain", (1,) * length, branching=(1,) * length)
+
+
+def autoregressive() -> TreeSpec:
+    """The empty tree: only the root, no draft call; verification emits a token from ``q``."""
+    return TreeSpec("chain", ())
 
 
 def iid(num_sequences: int, length: int) -> TreeSpec:
@@ -165,6 +172,16 @@ class Tree(NamedTuple):
     parents: Array
     valid: Array
     depth: Array
+
+
+def node_positions(depth: Array, root_position: Array) -> Array:
+    """Positions of tree slots: ``root_position + depth`` (siblings share a position).
+
+    Args:
+      depth: ``[..., N+1]`` slot depths.
+      root_position: ``[...]`` position of the root token.
+    """
+    return jnp.asarray(root_position)[..., None] + depth
 
 
 def ancestor_mask(parents: Array, depth: int) -> Array:
