@@ -9,6 +9,7 @@ sequence's exact probability and run the same code under ``jit``.
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,3 +105,66 @@ def tree_probs(table: Array, prefix: Array, tree: tree_lib.Tree) -> Array:
         cur = jnp.where(in_tree, tree.parents[jnp.maximum(cur, 0)], -1)
     ctx = tuple(hops[::-1])  # oldest first
     return table[ctx]
+
+
+class ToyCache(NamedTuple):
+    """Cache of the toy cached LM, following the rsd_jax cache protocol.
+
+    Attributes:
+      k: ``[1, B, S, 1, 1]`` token id stored at each slot (as float32).
+      v: ``[1, B, S, 1, 1]`` position of that token (as float32).
+      index: ``[B]`` next write slot.
+    """
+
+    k: Array
+    v: Array
+    index: Array
+
+
+def init_toy_cache(batch: int, capacity: int) -> ToyCache:
+    shape = (1, batch, capacity, 1, 1)
+    return ToyCache(
+        k=jnp.zeros(shape, jnp.float32),
+        v=jnp.zeros(shape, jnp.float32),
+        index=jnp.zeros((batch,), jnp.int32),
+    )
+
+
+def cached_forward(table: Array, tokens: Array, positions: Array, mask: Array, cache: ToyCache):
+    """An n-gram table behind the model forward signature of rsd_jax.
+
+    ``(params, tokens[B,T], positions[B,T], mask[B,T,S], cache) -> (logits[B,T,V], cache)``.
+    It writes its inputs into the cache at ``cache.index``, then predicts for
+    each query from the ``n - 1`` *visible* cache entries with the largest
+    positions (the query itself included), exactly like attention restricted
+    by ``mask``. Any engine bug in masks, positions or cache commits changes
+    the contexts and therefore the output law, which the tests detect.
+    """
+    order, vocab = table.ndim, table.shape[-1]
+    b, t = tokens.shape
+
+    def write(x, idx, vals):  # x [1, S, 1, 1]
+        return jax.lax.dynamic_update_slice(x, vals[None, :, None, None], (0, idx, 0, 0))
+
+    k = jax.vmap(write, in_axes=(1, 0, 0), out_axes=1)(
+        cache.k, cache.index, tokens.astype(jnp.float32)
+    )
+    v = jax.vmap(write, in_axes=(1, 0, 0), out_axes=1)(
+        cache.v, cache.index, positions.astype(jnp.float32)
+    )
+    cache = ToyCache(k=k, v=v, index=cache.index + t)
+    if order == 1:
+        logits = jnp.broadcast_to(safe_log_table(table), (b, t, vocab))
+        return logits, cache
+    slot_tok = k[0, :, :, 0, 0].astype(jnp.int32)  # [B, S]
+    slot_pos = v[0, :, :, 0, 0]
+    scores = jnp.where(mask, slot_pos[:, None, :], -1.0)  # [B, T, S]
+    top_pos, top_idx = jax.lax.top_k(scores, order - 1)  # newest first
+    ctx = jnp.take_along_axis(jnp.broadcast_to(slot_tok[:, None, :], scores.shape), top_idx, -1)
+    ctx = jnp.where(top_pos >= 0, ctx, vocab)[..., ::-1]  # oldest first, padded
+    probs = table[tuple(ctx[..., i] for i in range(order - 1))]
+    return safe_log_table(probs), cache
+
+
+def safe_log_table(probs: Array) -> Array:
+    return jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)

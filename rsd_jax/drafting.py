@@ -19,6 +19,7 @@ The draft law of every expanded node is returned: verification needs it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,70 @@ def empty_tree(spec: tree_lib.TreeSpec, root_token: Array) -> tree_lib.Tree:
         valid=jnp.zeros((n,), jnp.bool_).at[0].set(True),
         depth=jnp.asarray(spec.depths),
     )
+
+
+class BeamCarry(NamedTuple):
+    """Per-tree SBS state between levels: ``phi`` and perturbed ``score`` of the beam."""
+
+    phi: Array
+    score: Array
+
+
+def init_carry(spec: tree_lib.TreeSpec, dtype=jnp.float32) -> BeamCarry:
+    """Beam state of a tree holding only its root (``phi = G = 0``)."""
+    del spec
+    return BeamCarry(phi=jnp.zeros((1,), dtype), score=jnp.zeros((1,), dtype))
+
+
+def expand_level(
+    key: Array,
+    spec: tree_lib.TreeSpec,
+    tree: tree_lib.Tree,
+    level: int,
+    probs: Array,
+    carry: BeamCarry,
+    sbs_truncate: bool = True,
+) -> tuple[tree_lib.Tree, BeamCarry]:
+    """Draws the nodes of ``level`` (1..L) from the draft laws of level ``level - 1``.
+
+    Args:
+      key: PRNG key for this level.
+      spec: static tree shape.
+      tree: tree with levels ``< level`` filled in.
+      level: static level to draw.
+      probs: ``[P, V]`` draft law at each node of level ``level - 1``.
+      carry: beam state (only used by ``beam`` trees; pass it through otherwise).
+      sbs_truncate: beam only; False disables SBS truncation (test control).
+
+    Returns:
+      The tree with level ``level`` filled in, and the new beam state.
+    """
+    prev, cur = spec.level_slice(level - 1), spec.level_slice(level)
+    log_p = transforms.safe_log(probs)
+    parent_valid = tree.valid[prev]
+    parents = tree.parents
+    if spec.kind == "beam":
+        phi, score = carry.phi.astype(probs.dtype), carry.score.astype(probs.dtype)
+        out = sbs.sbs_level(key, phi, score, parent_valid, log_p, spec.num_sequences, sbs_truncate)
+        tokens, ok = out.token, out.valid
+        parents = parents.at[cur].set(prev.start + out.parent)
+        carry = BeamCarry(phi=out.phi, score=out.score)
+    elif spec.kind == "iid":
+        k = spec.num_sequences
+        rows = jnp.broadcast_to(log_p[0], (k, log_p.shape[-1])) if level == 1 else log_p
+        row_valid = jnp.broadcast_to(parent_valid[0], (k,)) if level == 1 else parent_valid
+        tokens, ok, _ = gumbel.gumbel_top_k(key, rows, 1)
+        tokens, ok = tokens[:, 0], ok[:, 0] & row_valid
+    else:  # chain, branching
+        tokens, ok, _ = gumbel.gumbel_top_k(key, log_p, spec.branching[level - 1])
+        tokens = tokens.reshape(-1)
+        ok = (ok & parent_valid[:, None]).reshape(-1)
+    tree = tree._replace(
+        tokens=tree.tokens.at[cur].set(tokens),
+        valid=tree.valid.at[cur].set(ok),
+        parents=parents,
+    )
+    return tree, carry
 
 
 def draft_tree(
@@ -66,42 +131,13 @@ def draft_tree(
       at every internal node (rows of the last level are zeros: never used).
     """
     tree = empty_tree(spec, root_token)
+    carry = init_carry(spec)
     draft_probs = None
-    phi = jnp.zeros((1,), jnp.float32)
-    score = jnp.zeros((1,), jnp.float32)
     for level in range(1, spec.depth + 1):
-        prev, cur = spec.level_slice(level - 1), spec.level_slice(level)
         probs = draft_probs_fn(tree, level - 1)
         if draft_probs is None:
             draft_probs = jnp.zeros((spec.num_nodes + 1, probs.shape[-1]), probs.dtype)
-        draft_probs = draft_probs.at[prev].set(probs)
-        log_p = transforms.safe_log(probs)
-        parent_valid = tree.valid[prev]
+        draft_probs = draft_probs.at[spec.level_slice(level - 1)].set(probs)
         k_level = jax.random.fold_in(key, level)
-        parents = tree.parents
-        if spec.kind == "beam":
-            if level == 1:
-                phi, score = phi.astype(probs.dtype), score.astype(probs.dtype)
-            out = sbs.sbs_level(
-                k_level, phi, score, parent_valid, log_p, spec.num_sequences, sbs_truncate
-            )
-            tokens, ok = out.token, out.valid
-            parents = parents.at[cur].set(prev.start + out.parent)
-            phi, score = out.phi, out.score
-        elif spec.kind == "iid":
-            k = spec.num_sequences
-            rows = jnp.broadcast_to(log_p[0], (k, log_p.shape[-1])) if level == 1 else log_p
-            row_valid = jnp.broadcast_to(parent_valid[0], (k,)) if level == 1 else parent_valid
-            tokens, ok, _ = gumbel.gumbel_top_k(k_level, rows, 1)
-            tokens, ok = tokens[:, 0], ok[:, 0] & row_valid
-        else:  # chain, branching
-            b = spec.branching[level - 1]
-            tokens, ok, _ = gumbel.gumbel_top_k(k_level, log_p, b)
-            tokens = tokens.reshape(-1)
-            ok = (ok & parent_valid[:, None]).reshape(-1)
-        tree = tree._replace(
-            tokens=tree.tokens.at[cur].set(tokens),
-            valid=tree.valid.at[cur].set(ok),
-            parents=parents,
-        )
+        tree, carry = expand_level(k_level, spec, tree, level, probs, carry, sbs_truncate)
     return tree, draft_probs

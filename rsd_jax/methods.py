@@ -58,6 +58,11 @@ class Method:
         return f"{self.name} [{self.spec.describe()}, verifier={self.verifier.name}]"
 
 
+def autoregressive() -> Method:
+    """Plain autoregressive sampling from the target: no draft, one token per call."""
+    return Method("AR", tree_lib.autoregressive(), verify.get_verifier("sd"))
+
+
 def sd(length: int) -> Method:
     """Speculative decoding: a chain of ``length`` draft tokens."""
     return Method("SD", tree_lib.chain(length), verify.get_verifier("sd"))
@@ -83,7 +88,14 @@ def rsd_s(width: int, length: int) -> Method:
     return Method("RSD-S", tree_lib.beam(width, length), verify.get_verifier("rrs"))
 
 
-FACTORIES = {"sd": sd, "mrs": mrs, "spectr": spectr, "rsd_c": rsd_c, "rsd_s": rsd_s}
+FACTORIES = {
+    "ar": autoregressive,
+    "sd": sd,
+    "mrs": mrs,
+    "spectr": spectr,
+    "rsd_c": rsd_c,
+    "rsd_s": rsd_s,
+}
 
 
 def make(name: str, **shape) -> Method:
@@ -107,13 +119,15 @@ def make(name: str, **shape) -> Method:
 def parse(text: str) -> Method:
     """Parses the compact method syntax used in configs.
 
-    ``sd:L``, ``mrs:KxL``, ``spectr:KxL``, ``rsd_c:b1-b2-...``, ``rsd_s:WxL``;
+    ``ar``, ``sd:L``, ``mrs:KxL``, ``spectr:KxL``, ``rsd_c:b1-b2-...``, ``rsd_s:WxL``;
     e.g. ``"rsd_s:3x2"`` is RSD-S with width 3 and depth 2.
 
     Raises:
       ValueError: with the accepted syntax, for anything else.
     """
-    syntax = "expected sd:L, mrs:KxL, spectr:KxL, rsd_c:b1-b2-..., rsd_s:WxL"
+    syntax = "expected ar, sd:L, mrs:KxL, spectr:KxL, rsd_c:b1-b2-..., rsd_s:WxL"
+    if text.strip() == "ar":
+        return autoregressive()
     name, sep, shape = text.strip().partition(":")
     if not sep or name not in FACTORIES:
         raise ValueError(f"bad method {text!r}: {syntax}")

@@ -104,7 +104,8 @@ def verify_tree(
         new_alive = jnp.where(accepted, cand & (tree.tokens == decision.token), alive)
         emit = ~done
         out = jnp.where(emit, out.at[n_out].set(decision.token), out)
-        path = jnp.where(accepted, path.at[n_acc].set(new_cur), path)
+        if max_depth > 0:  # AR trees have no path to record
+            path = jnp.where(accepted, path.at[n_acc].set(new_cur), path)
         is_eos = emit & (decision.token == eos_id)
         new_done = done | rejected | is_eos
         return (

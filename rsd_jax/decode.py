@@ -1,0 +1,233 @@
+"""Decoding engine: one pure speculative step over a batch, and two drivers.
+
+A round, for every row ``b`` of the batch (ALGORITHMS.md sections 5-6):
+
+1. **Draft** (skipped for AR): one call feeding ``[t_{n-1}, root]`` at slots
+   ``n-1, n`` (re-computing the last committed token keeps the draft cache
+   complete even when the previous round accepted a leaf the draft never
+   saw), then one call per tree level ``1..L-1`` over that level's nodes with
+   tree attention on the draft's own cache; nodes are drawn level by level by
+   the method's strategy (:mod:`rsd_jax.drafting`).
+2. **Verify**: one target call over root + all ``N`` nodes (ancestor mask,
+   depth positions) written at slots ``n .. n+N``; the walk of
+   :mod:`rsd_jax.walk` with the method's node verifier.
+3. **Commit**: the accepted nodes' KV entries move to slots ``n+1 ..`` in both
+   caches; the emitted tokens are appended; the last one is the next root
+   (it has no KV yet).
+
+Here ``n = length[b]`` is the number of committed tokens that have target KV;
+the root sits at ``tokens[b, n]``. Shapes are static: set by the method, the
+batch, the prompt bucket and ``max_new_tokens``. Finished rows stay in the
+batch and change nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rsd_jax import drafting, kv_cache, methods, transforms, walk
+from rsd_jax import tree as tree_lib
+
+Array = jax.Array
+ApplyFn = Callable[..., tuple[Array, Any]]  # (params, tokens, positions, mask, cache)
+
+
+class Counters(NamedTuple):
+    """Per-row counters, all ``[B]`` except ``accepted_hist`` ``[B, L+1]``.
+
+    Attributes:
+      target_calls: verification calls (rounds) made.
+      draft_calls: sequential draft calls made.
+      generated: tokens emitted (may exceed ``max_new_tokens`` by up to ``L``).
+      accepted_hist: rounds by number of accepted draft tokens ``0..L``.
+      nodes_scored: draft nodes the target scored (budget ``B`` per round).
+    """
+
+    target_calls: Array
+    draft_calls: Array
+    generated: Array
+    accepted_hist: Array
+    nodes_scored: Array
+
+
+class DecodeState(NamedTuple):
+    """Everything that changes during generation (a pytree; donated to the step).
+
+    Attributes:
+      tokens: ``[B, C]`` prompt, then generated ids; the root is at ``length``.
+      length: ``[B]`` committed tokens with target KV (root index).
+      prompt_len: ``[B]`` prompt lengths.
+      max_new: ``[B]`` generation budget per row.
+      done: ``[B]`` finished rows (EOS or budget reached).
+      key: ``[B, 2]`` per-row PRNG keys; round ``r`` uses ``fold_in(key, r)``.
+      round: ``[B]`` rounds run per row.
+      target_cache: target KV cache (rsd_jax cache protocol).
+      draft_cache: draft KV cache (None for AR).
+      counters: :class:`Counters`.
+      temperature, top_k, top_p: run-time sampling settings (scalars).
+    """
+
+    tokens: Array
+    length: Array
+    prompt_len: Array
+    max_new: Array
+    done: Array
+    key: Array
+    round: Array
+    target_cache: Any
+    draft_cache: Any
+    counters: Counters
+    temperature: Array
+    top_k: Array
+    top_p: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """Static configuration of the step (hashable: it is part of the jit cache key).
+
+    Attributes:
+      method: the decoding method (tree shape + verifier).
+      target_apply: target forward ``(params, tokens, positions, mask, cache) -> (logits, cache)``.
+      draft_apply: draft forward with the same signature (unused for AR).
+      vocab_size: logits width ``V``.
+      valid_vocab_size: ids ``>=`` this get probability 0 (vocabulary padding).
+      eos_id: end-of-sequence id, -1 for none.
+      sbs_truncate: keep True (False only for tests of SBS).
+    """
+
+    method: methods.Method
+    target_apply: ApplyFn
+    draft_apply: ApplyFn | None
+    vocab_size: int
+    valid_vocab_size: int | None = None
+    eos_id: int = -1
+    sbs_truncate: bool = True
+
+    def __post_init__(self):
+        if self.method.spec.depth > 0 and self.draft_apply is None:
+            raise ValueError(f"method {self.method.describe()} needs a draft model")
+
+    def capacities(self, prompt_bucket: int, max_new_tokens: int) -> tuple[int, int]:
+        """``(token buffer C, cache slots S)`` that can never overflow."""
+        spec = self.method.spec
+        buffer = prompt_bucket + max_new_tokens + spec.depth + 2
+        cache = prompt_bucket + max_new_tokens + spec.num_nodes + 2
+        return buffer, cache
+
+    def _probs(self, state: DecodeState, logits: Array) -> Array:
+        banned = None
+        if self.valid_vocab_size is not None:
+            banned = transforms.vocab_mask(self.vocab_size, self.valid_vocab_size)
+        return transforms.probs_from_logits(
+            logits.astype(jnp.float32), state.temperature, state.top_k, state.top_p, banned
+        )
+
+    def step(self, state: DecodeState, target_params, draft_params) -> DecodeState:
+        """One speculative round for every row. Pure; jit it with the state donated."""
+        spec, verifier = self.method.spec, self.method.verifier
+        depth, num_nodes = spec.depth, spec.num_nodes
+        batch = state.length.shape[0]
+        rows = jnp.arange(batch)
+        n = state.length
+        active = ~state.done
+        round_keys = jax.vmap(jax.random.fold_in)(state.key, state.round)
+        k_draft, k_verify = jnp.moveaxis(jax.vmap(jax.random.split)(round_keys), 1, 0)
+        root = state.tokens[rows, n]
+        tree = jax.vmap(lambda r: drafting.empty_tree(spec, r))(root)
+
+        draft_cache = state.draft_cache
+        draft_probs = jnp.zeros((batch, num_nodes + 1, self.vocab_size), jnp.float32)
+        if depth > 0:
+            cap = kv_cache.capacity(draft_cache)
+            start = n - 1
+            toks = jnp.stack([state.tokens[rows, start], root], axis=1)
+            logits, draft_cache = self.draft_apply(
+                draft_params,
+                toks,
+                start[:, None] + jnp.arange(2)[None, :],
+                kv_cache.causal_prefix_mask(start, 2, cap),
+                kv_cache.set_index(draft_cache, start),
+            )
+            level_probs = self._probs(state, logits[:, 1:2])
+            draft_probs = draft_probs.at[:, 0:1].set(level_probs)
+            carry = jax.vmap(lambda _: drafting.init_carry(spec))(rows)
+            for level in range(1, depth + 1):
+                expand = functools.partial(
+                    drafting.expand_level,
+                    spec=spec,
+                    level=level,
+                    sbs_truncate=self.sbs_truncate,
+                )
+                level_keys = jax.vmap(jax.random.fold_in, (0, None))(k_draft, level)
+                tree, carry = jax.vmap(
+                    lambda k, t, p, c, f=expand: f(key=k, tree=t, probs=p, carry=c)
+                )(level_keys, tree, level_probs, carry)
+                if level == depth:
+                    break
+                sl = spec.level_slice(level)
+                anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, depth)
+                size = sl.stop - sl.start
+                logits, draft_cache = self.draft_apply(
+                    draft_params,
+                    tree.tokens[:, sl],
+                    jnp.broadcast_to((n + level)[:, None], (batch, size)),
+                    kv_cache.prefix_tree_mask(n, anc[:, sl], cap),
+                    kv_cache.set_index(draft_cache, n + sl.start),
+                )
+                level_probs = self._probs(state, logits)
+                draft_probs = draft_probs.at[:, sl].set(level_probs)
+
+        target_cache = state.target_cache
+        anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, depth)
+        logits, target_cache = self.target_apply(
+            target_params,
+            tree.tokens,
+            tree_lib.node_positions(tree.depth, n),
+            kv_cache.prefix_tree_mask(n, anc, kv_cache.capacity(target_cache)),
+            kv_cache.set_index(target_cache, n),
+        )
+        target_probs = self._probs(state, logits)
+        res = jax.vmap(
+            lambda k, t, q, p: walk.verify_tree(k, spec, t, q, p, verifier, self.eos_id)
+        )(k_verify, tree, target_probs, draft_probs)
+
+        accepted = jnp.where(active, res.num_accepted, 0)
+        emitted = jnp.where(active, res.num_emitted, 0)
+        src = n[:, None] + jnp.maximum(res.path, 0)
+        target_cache = kv_cache.commit_path(target_cache, src, n + 1, accepted)
+        if depth > 0:
+            draft_cache = kv_cache.commit_path(draft_cache, src, n + 1, accepted)
+        width = res.tokens.shape[1]
+        slots = n[:, None] + 1 + jnp.arange(width)[None, :]
+        slots = jnp.where(
+            jnp.arange(width)[None, :] < emitted[:, None], slots, state.tokens.shape[1]
+        )
+        tokens = state.tokens.at[rows[:, None], slots].set(res.tokens, mode="drop")
+
+        c = state.counters
+        one = active.astype(jnp.int32)
+        generated = c.generated + emitted
+        counters = Counters(
+            target_calls=c.target_calls + one,
+            draft_calls=c.draft_calls + one * depth,
+            generated=generated,
+            accepted_hist=c.accepted_hist.at[rows, accepted].add(one),
+            nodes_scored=c.nodes_scored + one * num_nodes,
+        )
+        done = state.done | (active & (res.hit_eos | (generated >= state.max_new)))
+        return state._replace(
+            tokens=tokens,
+            length=n + emitted,
+            done=done,
+            round=state.round + one,
+            target_cache=target_cache,
+            draft_cache=draft_cache,
+            counters=counters,
+        )

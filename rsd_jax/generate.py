@@ -1,0 +1,266 @@
+"""Public generation API and the two drivers of the decoding step.
+
+* :func:`run` drives :meth:`Engine.step` with a ``lax.while_loop`` until every
+  row is done: one compiled program, no per-token Python (speed).
+* :func:`iterate` drives the jitted step from Python, one round at a time
+  (streaming, per-round metrics).
+
+Both jit with the state **donated** (its buffers are reused in place), and both
+are cached per :class:`~rsd_jax.decode.Engine`, so repeated calls with the same
+shapes never retrace.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rsd_jax import decode, kv_cache, methods, transforms
+
+Array = jax.Array
+_DEFAULT_SAMPLING = transforms.SamplingParams()
+
+
+class Model(NamedTuple):
+    """A model as rsd_jax sees it.
+
+    Attributes:
+      apply: ``(params, tokens[B,T], positions[B,T], mask[B,T,S], cache)
+        -> (logits[B,T,V], cache)``.
+      params: its parameters (a pytree; passed as a jit argument, never baked in).
+      init_cache: ``(batch, capacity) -> cache`` following the rsd_jax cache protocol.
+      vocab_size: logits width ``V``.
+    """
+
+    apply: Callable
+    params: Any
+    init_cache: Callable
+    vocab_size: int
+
+
+class Result(NamedTuple):
+    """Output of :func:`generate`.
+
+    Attributes:
+      tokens: per prompt, the generated ids (at most ``max_new_tokens``, ending
+        at the first EOS if any).
+      counters: :class:`~rsd_jax.decode.Counters` as numpy arrays, per row.
+      state: the final decoding state.
+    """
+
+    tokens: list[list[int]]
+    counters: decode.Counters
+    state: decode.DecodeState
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int | None = None):
+    """Right-pads prompts into ``[B, P]`` int32 plus ``[B]`` lengths.
+
+    ``P`` is ``bucket`` if given (prompts of one bucket share a compiled step),
+    else the longest prompt.
+    """
+    if not prompts:
+        raise ValueError("no prompts given")
+    lengths = [len(p) for p in prompts]
+    width = bucket or max(lengths)
+    if max(lengths) > width:
+        raise ValueError(f"a prompt has {max(lengths)} tokens, more than the bucket {width}")
+    out = np.zeros((len(prompts), width), np.int32)
+    for i, p in enumerate(prompts):
+        out[i, : len(p)] = p
+    return jnp.asarray(out), jnp.asarray(lengths, jnp.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def _prefill_fn(apply):
+    def prefill(params, cache, prompts):
+        b, p = prompts.shape
+        cap = kv_cache.capacity(cache)
+        start = jnp.zeros((b,), jnp.int32)
+        positions = jnp.broadcast_to(jnp.arange(p)[None, :], (b, p))
+        mask = kv_cache.causal_prefix_mask(start, p, cap)
+        _, cache = apply(params, prompts, positions, mask, kv_cache.set_index(cache, start))
+        return cache
+
+    return jax.jit(prefill, donate_argnums=(1,))
+
+
+def init_state(
+    engine: decode.Engine,
+    target: Model,
+    draft: Model | None,
+    prompts: Array,
+    prompt_len: Array,
+    keys: Array,
+    max_new_tokens: int,
+    sampling: transforms.SamplingParams = _DEFAULT_SAMPLING,
+) -> decode.DecodeState:
+    """Allocates buffers and caches and prefills both models with the prompts.
+
+    Args:
+      engine: static step configuration.
+      target, draft: the models (draft None for AR).
+      prompts: ``[B, P]`` right-padded ids; ``P`` is the bucket.
+      prompt_len: ``[B]`` true lengths (>= 2 with a draft: the draft re-reads
+        the last committed token each round; >= 1 for AR).
+      keys: ``[B, 2]`` per-row PRNG keys.
+      max_new_tokens: generation budget (static: sizes the buffers).
+      sampling: temperature / top-k / top-p, shared by draft and target.
+    """
+    batch, bucket = prompts.shape
+    lengths = np.asarray(prompt_len)
+    minimum = 2 if engine.method.spec.depth > 0 else 1
+    if lengths.min() < minimum:
+        raise ValueError(f"prompts need at least {minimum} tokens for {engine.method.name}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    buffer, capacity = engine.capacities(bucket, max_new_tokens)
+    tokens = jnp.zeros((batch, buffer), jnp.int32).at[:, :bucket].set(prompts)
+    target_cache = _prefill_fn(target.apply)(
+        target.params, target.init_cache(batch, capacity), prompts
+    )
+    draft_cache = None
+    if engine.method.spec.depth > 0:
+        draft_cache = _prefill_fn(draft.apply)(
+            draft.params, draft.init_cache(batch, capacity), prompts
+        )
+
+    def zeros():  # distinct buffers: the state is donated, so no two fields may alias
+        return jnp.zeros((batch,), jnp.int32)
+
+    return decode.DecodeState(
+        tokens=tokens,
+        length=jnp.asarray(prompt_len, jnp.int32) - 1,
+        prompt_len=jnp.array(prompt_len, jnp.int32, copy=True),  # donated: never alias inputs
+        max_new=jnp.full((batch,), max_new_tokens, jnp.int32),
+        done=jnp.zeros((batch,), jnp.bool_),
+        key=jnp.array(keys, copy=True),
+        round=zeros(),
+        target_cache=target_cache,
+        draft_cache=draft_cache,
+        counters=decode.Counters(
+            target_calls=zeros(),
+            draft_calls=zeros(),
+            generated=zeros(),
+            accepted_hist=jnp.zeros((batch, engine.method.spec.depth + 1), jnp.int32),
+            nodes_scored=zeros(),
+        ),
+        temperature=jnp.float32(sampling.temperature),
+        top_k=jnp.int32(sampling.top_k),
+        top_p=jnp.float32(sampling.top_p),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def jitted_step(engine: decode.Engine):
+    """``step(state, target_params, draft_params) -> state``, jitted, state donated."""
+    return jax.jit(engine.step, donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=64)
+def _loop_fn(engine: decode.Engine):
+    def loop(state, target_params, draft_params):
+        return jax.lax.while_loop(
+            lambda s: ~jnp.all(s.done),
+            lambda s: engine.step(s, target_params, draft_params),
+            state,
+        )
+
+    return jax.jit(loop, donate_argnums=(0,))
+
+
+def run(engine, state, target_params, draft_params) -> decode.DecodeState:
+    """Runs rounds in one compiled ``lax.while_loop`` until every row is done (state donated)."""
+    return _loop_fn(engine)(state, target_params, draft_params)
+
+
+def iterate(engine, state, target_params, draft_params) -> Iterator[decode.DecodeState]:
+    """Yields the state after each round until every row is done (state donated)."""
+    step = jitted_step(engine)
+    while not bool(jnp.all(state.done)):
+        state = step(state, target_params, draft_params)
+        yield state
+
+
+def generated_tokens(state: decode.DecodeState, eos_id: int = -1) -> list[list[int]]:
+    """Per row, the generated ids, cut at ``max_new`` and after the first EOS."""
+    tokens = np.asarray(state.tokens)
+    start = np.asarray(state.prompt_len)
+    total = np.minimum(np.asarray(state.counters.generated), np.asarray(state.max_new))
+    out = []
+    for row, s, g in zip(tokens, start, total, strict=True):
+        gen = row[s : s + g].tolist()
+        if eos_id >= 0 and eos_id in gen:
+            gen = gen[: gen.index(eos_id) + 1]
+        out.append(gen)
+    return out
+
+
+def generate(
+    target: Model,
+    draft: Model | None,
+    prompts: Sequence[Sequence[int]],
+    method: methods.Method | str = "rsd_s:3x2",
+    *,
+    key: Array,
+    max_new_tokens: int = 64,
+    sampling: transforms.SamplingParams = _DEFAULT_SAMPLING,
+    eos_id: int = -1,
+    valid_vocab_size: int | None = None,
+    keys: Array | None = None,
+    bucket: int | None = None,
+    driver: str = "while",
+) -> Result:
+    """Generates from ``target`` with any lossless method, drafting with ``draft``.
+
+    Args:
+      target: the target model; its law (after ``sampling``) is what comes out.
+      draft: the draft model (same tokenizer); None only for AR.
+      prompts: token-id lists (different lengths are fine).
+      method: a :class:`~rsd_jax.methods.Method`, a compact string such as
+        ``"rsd_s:3x2"`` (see :func:`rsd_jax.methods.parse`), or ``"ar"``.
+      key: PRNG key; row ``i`` uses ``fold_in(key, i)`` unless ``keys`` is given.
+      max_new_tokens: tokens to generate per prompt.
+      sampling: temperature (0 = greedy), top-k, top-p for draft and target.
+      eos_id: stop a row at this id (-1: never).
+      valid_vocab_size: ids at or beyond it get probability 0.
+      keys: ``[B, 2]`` explicit per-row keys (batch-invariant outputs).
+      bucket: pad prompts to this length (prompts in one bucket share a compile).
+      driver: ``"while"`` (one compiled loop) or ``"python"`` (round by round).
+
+    Returns:
+      A :class:`Result`.
+    """
+    if isinstance(method, str):
+        method = methods.parse(method)
+    if draft is not None and draft.vocab_size != target.vocab_size:
+        raise ValueError(
+            f"draft vocabulary {draft.vocab_size} != target vocabulary {target.vocab_size}"
+        )
+    if driver not in ("while", "python"):
+        raise ValueError(f"driver must be 'while' or 'python', got {driver!r}")
+    engine = decode.Engine(
+        method=method,
+        target_apply=target.apply,
+        draft_apply=None if draft is None else draft.apply,
+        vocab_size=target.vocab_size,
+        valid_vocab_size=valid_vocab_size,
+        eos_id=eos_id,
+    )
+    padded, lengths = pad_prompts(prompts, bucket)
+    if keys is None:
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(prompts)))
+    state = init_state(engine, target, draft, padded, lengths, keys, max_new_tokens, sampling)
+    draft_params = None if draft is None else draft.params
+    if driver == "while":
+        state = run(engine, state, target.params, draft_params)
+    else:
+        for new_state in iterate(engine, state, target.params, draft_params):
+            state = new_state
+    counters = jax.tree.map(np.asarray, state.counters)
+    return Result(tokens=generated_tokens(state, eos_id), counters=counters, state=state)

@@ -1,0 +1,192 @@
+"""Decoding engine end to end on toy cached LMs with known conditionals.
+
+``models.toy.cached_forward`` predicts from the visible cache entries with the
+largest positions, so any bug in masks, positions, cache writes or commits
+changes its contexts, and with them the output law or the greedy output.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models import toy
+from rsd_jax import decode, methods, transforms
+from rsd_jax import generate as gen
+from tests import broken, lawcheck
+
+V = 4
+METHODS = [
+    "ar",
+    "sd:3",
+    "mrs:2x2",
+    "spectr:2x2",
+    "rsd_c:2-2",
+    "rsd_c:2-1-1",
+    "rsd_s:3x2",
+    "rsd_s:2x3",
+]
+GREEDY = transforms.SamplingParams(temperature=0.0)
+
+
+def _models(seed=0, agreement=0.6, alpha=0.6):
+    rng = np.random.default_rng(seed)
+    target = toy.random_table(rng, V, 3, alpha=alpha)
+    draft = agreement * target + (1 - agreement) * toy.random_table(rng, V, 3, alpha=alpha)
+    t = gen.Model(toy.cached_forward, jnp.asarray(target, jnp.float32), toy.init_toy_cache, V)
+    d = gen.Model(toy.cached_forward, jnp.asarray(draft, jnp.float32), toy.init_toy_cache, V)
+    return t, d, target
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("driver", ["while", "python"])
+def test_greedy_equals_autoregressive_greedy(method, driver):
+    target, draft, _ = _models()
+    prompts = [[1, 2, 3], [0, 3], [2, 2, 2, 2, 1], [3, 1]]
+    key = jax.random.PRNGKey(0)
+    ref = gen.generate(target, None, prompts, "ar", key=key, max_new_tokens=10, sampling=GREEDY)
+    out = gen.generate(
+        target, draft, prompts, method, key=key, max_new_tokens=10, sampling=GREEDY, driver=driver
+    )
+    assert out.tokens == ref.tokens
+    assert all(len(t) == 10 for t in out.tokens)
+
+
+def _first_tokens_counts(method, prompt, n, seed, target, draft):
+    keys = jax.random.split(jax.random.PRNGKey(seed), n)
+    out = gen.generate(
+        target, draft, [prompt] * n, method, key=keys[0], keys=keys, max_new_tokens=3
+    )
+    codes = [lawcheck.seq_code(t[:3], V) for t in out.tokens]
+    return np.bincount(codes, minlength=V**3), out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_law_of_first_three_tokens_is_the_target_law(method):
+    """3 x 10^4 generations per method: chi-square on the 64 joint outcomes at level ALPHA."""
+    target, draft, table = _models(seed=1)
+    prompt = [1, 3, 0]
+    counts, _ = _first_tokens_counts(method, prompt, 30_000, 2, target, draft)
+    law = lawcheck.target_law(table, tuple(prompt), 3)
+    assert lawcheck.chi2_pvalue(counts, law) >= lawcheck.ALPHA
+
+
+def test_law_negative_control():
+    """The same end-to-end test rejects RSD-C verified with raw p instead of p_k."""
+    target, draft, table = _models(seed=1)
+    bad = methods.Method("RSD-C/raw-p", methods.tree_lib.branching((3, 2)), broken.RRS_RAW_P)
+    prompt = [1, 3, 0]
+    counts, _ = _first_tokens_counts(bad, prompt, 30_000, 2, target, draft)
+    law = lawcheck.target_law(table, tuple(prompt), 3)
+    assert lawcheck.chi2_pvalue(counts, law) < lawcheck.ALPHA
+
+
+@pytest.mark.parametrize("method", ["sd:3", "spectr:2x2", "rsd_c:2-2", "rsd_s:3x2"])
+def test_committed_cache_equals_recomputed_prefix(method):
+    """After generation, both caches hold exactly the committed tokens at their positions.
+
+    The draft may lag by the last committed token (an accepted leaf it never
+    read); each round's first draft call re-reads that token, so only slots
+    before it are required to be committed.
+    """
+    target, draft, _ = _models()
+    prompts = [[1, 2, 3], [0, 3], [2, 2, 2, 2, 1]]
+    out = gen.generate(target, draft, prompts, method, key=jax.random.PRNGKey(3), max_new_tokens=9)
+    state = out.state
+    for cache, lag in ((state.target_cache, 0), (state.draft_cache, 1)):
+        for b in range(len(prompts)):
+            n = int(state.length[b]) - lag
+            np.testing.assert_array_equal(cache.k[0, b, :n, 0, 0], state.tokens[b, :n])
+            np.testing.assert_array_equal(cache.v[0, b, :n, 0, 0], np.arange(n))
+
+
+def test_batch_invariance_with_per_sequence_keys():
+    target, draft, _ = _models()
+    prompts = [[1, 2, 3], [0, 3], [2, 2, 2, 2, 1]]
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    together = gen.generate(
+        target, draft, prompts, "rsd_s:3x2", key=keys[0], keys=keys, max_new_tokens=12, bucket=6
+    )
+    for i, prompt in enumerate(prompts):
+        alone = gen.generate(
+            target,
+            draft,
+            [prompt],
+            "rsd_s:3x2",
+            key=keys[i],
+            keys=keys[i : i + 1],
+            max_new_tokens=12,
+            bucket=6,
+        )
+        assert alone.tokens[0] == together.tokens[i]
+
+
+def test_step_is_traced_once_across_rounds_and_prompts():
+    target, draft, _ = _models()
+    engine = decode.Engine(methods.parse("rsd_c:2-2"), toy.cached_forward, toy.cached_forward, V)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(state, tp, dp):
+        return engine.step(state, tp, dp)
+
+    chex.clear_trace_counter()
+    for prompts in ([[1, 2, 3], [0, 3]], [[3, 3, 1, 1], [2, 0, 1]]):
+        padded, lengths = gen.pad_prompts(prompts, bucket=4)
+        keys = jax.random.split(jax.random.PRNGKey(0), 2)
+        state = gen.init_state(engine, target, draft, padded, lengths, keys, 8)
+        for _ in range(4):
+            state = step(state, target.params, draft.params)
+
+
+def test_eos_and_budget():
+    target, draft, _ = _models()
+    prompts = [[1, 2, 3], [0, 3]]
+    out = gen.generate(
+        target, draft, prompts, "rsd_c:2-2", key=jax.random.PRNGKey(5), max_new_tokens=20
+    )
+    eos = out.tokens[0][2]
+    stopped = gen.generate(
+        target,
+        draft,
+        prompts,
+        "rsd_c:2-2",
+        key=jax.random.PRNGKey(5),
+        max_new_tokens=20,
+        eos_id=eos,
+    )
+    for full, cut in zip(out.tokens, stopped.tokens, strict=True):
+        assert cut[-1] == eos and eos not in cut[:-1]
+        assert full[: len(cut)] == cut  # same keys: identical up to the stop
+
+
+def test_counters_are_consistent():
+    target, draft, _ = _models()
+    out = gen.generate(
+        target, draft, [[1, 2, 3]] * 4, "rsd_s:3x2", key=jax.random.PRNGKey(1), max_new_tokens=16
+    )
+    c = out.counters
+    np.testing.assert_array_equal(c.accepted_hist.sum(1), c.target_calls)
+    np.testing.assert_array_equal((c.accepted_hist * (np.arange(3) + 1)).sum(1), c.generated)
+    np.testing.assert_array_equal(c.draft_calls, 2 * c.target_calls)
+    np.testing.assert_array_equal(c.nodes_scored, 6 * c.target_calls)
+    assert np.all(c.generated >= 16)
+
+
+def test_clear_errors():
+    target, draft, _ = _models()
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        gen.generate(target, draft, [[1]], "sd:2", key=key, max_new_tokens=4)
+    with pytest.raises(ValueError, match="needs a draft"):
+        gen.generate(target, None, [[1, 2]], "sd:2", key=key, max_new_tokens=4)
+    small = draft._replace(vocab_size=V + 1)
+    with pytest.raises(ValueError, match="vocabulary"):
+        gen.generate(target, small, [[1, 2]], "sd:2", key=key, max_new_tokens=4)
+    with pytest.raises(ValueError, match="bucket"):
+        gen.generate(target, draft, [[1, 2, 3]], "sd:2", key=key, max_new_tokens=4, bucket=2)
+    with pytest.raises(ValueError, match="bad method"):
+        gen.generate(target, draft, [[1, 2]], "rsd_s:3", key=key, max_new_tokens=4)
