@@ -127,11 +127,23 @@ def probs_from_logits(
     greedy = temperature <= 0
     safe_t = jnp.where(greedy, jnp.ones_like(temperature), temperature)
     scaled = logits / safe_t
-    keep = _top_k_mask(scaled, top_k)
-    scaled = jnp.where(keep, scaled, _NEG_INF)
+    top_k = jnp.asarray(top_k, jnp.int32)
+    top_p = jnp.asarray(top_p, dtype)
+    # Sorting a large vocabulary is costly: only sort when a filter is enabled.
+    # (With scalar settings these are real branches, not selects.)
+    scaled = jax.lax.cond(
+        top_k > 0,
+        lambda x: jnp.where(_top_k_mask(x, top_k), x, _NEG_INF),
+        lambda x: x,
+        scaled,
+    )
     probs = jax.nn.softmax(scaled, axis=-1)
-    keep = _top_p_mask(probs, jnp.asarray(top_p, dtype))
-    probs = jnp.where(keep, probs, 0.0)
+    probs = jax.lax.cond(
+        top_p < 1.0,
+        lambda x: jnp.where(_top_p_mask(x, top_p), x, 0.0),
+        lambda x: x,
+        probs,
+    )
     probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
     one_hot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=dtype)
     return jnp.where(greedy, one_hot, probs)

@@ -190,3 +190,17 @@ def test_clear_errors():
         gen.generate(target, draft, [[1, 2, 3]], "sd:2", key=key, max_new_tokens=4, bucket=2)
     with pytest.raises(ValueError, match="bad method"):
         gen.generate(target, draft, [[1, 2]], "rsd_s:3", key=key, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("method", ["sd:3", "mrs:2x3", "spectr:2x3", "rsd_c:2-2-1", "rsd_s:2x3"])
+def test_identical_draft_is_always_fully_accepted(method):
+    """With draft == target, p == q at every node, so every round accepts all L drafts.
+
+    Fails if the engine feeds the draft wrong contexts (masks, positions, cache)."""
+    target, _, _ = _models()
+    out = gen.generate(
+        target, target, [[1, 2, 3], [0, 3]], method, key=jax.random.PRNGKey(2), max_new_tokens=12
+    )
+    hist = out.counters.accepted_hist
+    np.testing.assert_array_equal(hist[:, :-1], 0)
+    assert np.all(hist[:, -1] > 0)
