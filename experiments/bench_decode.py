@@ -17,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from rsd_jax import generate as gen
@@ -36,7 +35,7 @@ _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 PROMPTS = [
     'def has_close_elements(numbers: list[float], threshold: float) -> bool:\n    """Check if any'
     ' two numbers are closer to each other than the threshold."""\n',
-    "def fizzbuzz(n: int) -> list[str]:\n    \"\"\"Return the FizzBuzz sequence up to n.\"\"\"\n",
+    'def fizzbuzz(n: int) -> list[str]:\n    """Return the FizzBuzz sequence up to n."""\n',
 ]
 
 
@@ -140,7 +139,6 @@ def main(argv):
                 f,
                 indent=2,
             )
-    del np
 
 
 if __name__ == "__main__":
