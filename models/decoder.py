@@ -1,0 +1,308 @@
+"""A Flax (linen) llama/qwen2 decoder with an explicit, fixed-capacity KV cache.
+
+One forward signature serves every phase (prefill, one-token decode, tree scoring):
+
+    forward(params, tokens[B,T], positions[B,T], attention_mask[B,T,S], cache)
+        -> (logits[B,T,V] float32, cache)
+
+The T new keys/values of row b are written at cache slots index[b] .. index[b]+T-1 and
+index advances by T. `attention_mask[b, t, s]` says whether query t of row b may attend
+slot s *after* the write. Prefill is a causal mask over the written slots, decode is
+`slots < length`, and a draft tree is the prefix slots plus the node's ancestors and itself,
+with positions = prefix length + depth. Letters: B batch, T new tokens, S cache capacity,
+D model width, H query heads, K kv heads, G = H // K, E head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.config import ModelConfig
+from models.errors import PromptTooLongError
+
+# Finite "minus infinity": exp() of it underflows to exactly 0 in float32, and a fully
+# masked attention row stays finite (uniform) instead of NaN.
+MASK_VALUE = -1e30
+
+
+class KVCache(NamedTuple):
+    """Explicit KV cache pytree.
+
+    Attributes:
+      k: [layers, B, S, K, E] keys (RoPE applied).
+      v: [layers, B, S, K, E] values.
+      index: [B] int32, next write slot of each row.
+
+    Size the capacity for the longest prompt plus generation plus one draft tree: inside
+    jit an overflowing write cannot raise and is dropped (`check_capacity` raises eagerly).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    index: jax.Array
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch: int, capacity: int, dtype=None) -> KVCache:
+    """Returns an empty cache with `capacity` slots per row (dtype defaults to config.dtype)."""
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (config.layers, batch, capacity, config.kv_heads, config.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), index=jnp.zeros((batch,), jnp.int32)
+    )
+
+
+def causal_mask(index: jax.Array, num_new: int, capacity: int) -> jax.Array:
+    """Mask for prefill/decode: query t of row b sees slots s <= index[b] + t.
+
+    Args:
+      index: [B] int32, the cache index *before* the write.
+      num_new: T, the number of tokens written by the call.
+      capacity: S.
+
+    Returns:
+      [B, T, S] bool.
+    """
+    last = index[:, None] + jnp.arange(num_new)[None, :]  # [B, T] slot of each query
+    return jnp.arange(capacity)[None, None, :] <= last[:, :, None]
+
+
+def check_capacity(cache: KVCache, num_new: int) -> None:
+    """Raises PromptTooLongError if writing `num_new` tokens would overflow a row.
+
+    Works on concrete caches only (skipped under jit, where the scatter drops the overflow).
+    """
+    capacity = cache.capacity
+    if num_new > capacity:
+        raise PromptTooLongError(f"{num_new} new tokens exceed the cache capacity {capacity}")
+    if isinstance(cache.index, jax.core.Tracer):
+        return
+    end = int(np.max(np.asarray(cache.index))) + num_new
+    if end > capacity:
+        raise PromptTooLongError(
+            f"writing {num_new} tokens at cache index {end - num_new} needs {end} slots, "
+            f"but the cache holds {capacity}; use a larger capacity or a shorter prompt"
+        )
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):  # [..., D] -> [..., D]
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float):
+    """Returns (sin, cos), each [B, T, E/2] float32, for integer positions [B, T]."""
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array, layout: str) -> jax.Array:
+    """Rotates x [B, T, heads, E] by the angles; layout 'interleaved' or 'rotate_half'."""
+    x32 = x.astype(jnp.float32)
+    sin, cos = sin[:, :, None, :], cos[:, :, None, :]  # [B, T, 1, E/2]
+    if layout == "interleaved":  # GPT-J: pairs (2i, 2i+1)
+        x0, x1 = x32[..., 0::2], x32[..., 1::2]
+        out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+        out = out.reshape(x.shape)
+    else:  # rotate-half (NeoX / HF): pairs (i, i + E/2)
+        half = x.shape[-1] // 2
+        x0, x1 = x32[..., :half], x32[..., half:]
+        out = jnp.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, sin, cos, mask, k_all, v_all, layer, rows, slots):
+        """x [B,T,D]; mask [B,T,S]; k_all/v_all [L,B,S,K,E]; rows/slots [B,T] write indices."""
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        dense = functools.partial(nn.Dense, dtype=dt, param_dtype=dt)
+        b, t, _ = x.shape
+        q = dense(c.heads * c.head_dim, use_bias=c.qkv_bias, name="q")(x)
+        k = dense(c.kv_heads * c.head_dim, use_bias=c.qkv_bias, name="k")(x)
+        v = dense(c.kv_heads * c.head_dim, use_bias=c.qkv_bias, name="v")(x)
+        q = apply_rope(q.reshape(b, t, c.heads, c.head_dim), sin, cos, c.rope_layout)
+        k = apply_rope(k.reshape(b, t, c.kv_heads, c.head_dim), sin, cos, c.rope_layout)
+        v = v.reshape(b, t, c.kv_heads, c.head_dim)
+        # Scatter the new keys/values to their slots; out-of-range slots are dropped, never
+        # clamped onto valid ones (eager callers get PromptTooLongError before this).
+        k_all = k_all.at[layer, rows, slots].set(k.astype(k_all.dtype), mode="drop")
+        v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype), mode="drop")
+        keys, values = k_all[layer].astype(dt), v_all[layer].astype(dt)  # [B, S, K, E]
+        g = c.heads // c.kv_heads
+        q = q.reshape(b, t, c.kv_heads, g, c.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / np.sqrt(c.head_dim))
+        scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, K, G, T, S]
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(b, t, c.heads * c.head_dim)
+        return dense(c.hidden, use_bias=False, name="o")(out), k_all, v_all
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):  # [B, T, D] -> [B, T, D]
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=dt, param_dtype=dt)
+        gate = dense(c.mlp_hidden, name="gate")(x)
+        up = dense(c.mlp_hidden, name="up")(x)
+        return dense(c.hidden, name="down")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, sin, cos, mask, k_all, v_all, layer, rows, slots):
+        c = self.config
+        h = RMSNorm(c.rms_eps, jnp.dtype(c.dtype), name="attn_norm")(x)
+        h, k_all, v_all = Attention(c, name="attn")(
+            h, sin, cos, mask, k_all, v_all, layer, rows, slots
+        )
+        x = x + h
+        x = x + MLP(c, name="mlp")(RMSNorm(c.rms_eps, jnp.dtype(c.dtype), name="mlp_norm")(x))
+        return x, k_all, v_all
+
+
+class Decoder(nn.Module):
+    """The full decoder; call it through `make_forward`/`forward` rather than directly."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions, attention_mask, cache: KVCache):
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        b, t = tokens.shape
+        embed = nn.Embed(c.vocab_size, c.hidden, dtype=dt, param_dtype=dt, name="embed")
+        x = embed(tokens)  # [B, T, D]
+        sin, cos = rope_angles(positions, c.head_dim, c.rope_theta)
+        rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
+        slots = cache.index[:, None] + jnp.arange(t)[None, :]  # [B, T]
+        k_all, v_all = cache.k, cache.v
+        for i in range(c.layers):
+            x, k_all, v_all = Block(c, name=f"layers_{i}")(
+                x, sin, cos, attention_mask, k_all, v_all, i, rows, slots
+            )
+        x = RMSNorm(c.rms_eps, dt, name="final_norm")(x)
+        if c.tied_embeddings:
+            logits = embed.attend(x)
+        else:
+            head = nn.Dense(c.vocab_size, use_bias=False, dtype=dt, param_dtype=dt, name="lm_head")
+            logits = head(x)
+        logits = logits.astype(jnp.float32)  # [B, T, V]
+        if c.valid_vocab_size < c.vocab_size:
+            valid = jnp.arange(c.vocab_size) < c.valid_vocab_size
+            logits = jnp.where(valid, logits, MASK_VALUE)
+        return logits, KVCache(k_all, v_all, cache.index + t)
+
+
+@functools.cache
+def make_forward(config: ModelConfig):
+    """Returns the pure function `(params, tokens, positions, attention_mask, cache) -> (logits,
+    cache)` for `config` (see the module docstring). It is not jitted; jit it (optionally
+    donating the cache) in the caller. Called eagerly it raises PromptTooLongError on overflow.
+    Memoised per config: the same config always gives the same function object (one jit
+    cache entry in callers that key on it).
+    """
+    module = Decoder(config)
+
+    def fwd(params, tokens, positions, attention_mask, cache):
+        check_capacity(cache, tokens.shape[1])
+        return module.apply({"params": params}, tokens, positions, attention_mask, cache)
+
+    return fwd
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_jit(config, params, tokens, positions, attention_mask, cache):
+    return Decoder(config).apply({"params": params}, tokens, positions, attention_mask, cache)
+
+
+def forward(config: ModelConfig, params, tokens, positions, attention_mask, cache):
+    """Jitted forward with `config` static; see `make_forward` for the arguments.
+
+    Called with concrete arrays it first checks the cache capacity (PromptTooLongError);
+    under an outer jit the check is skipped and overflowing writes are dropped.
+
+    Args:
+      config: the ModelConfig (static).
+      params: parameter pytree (as produced by the loaders or `init_params`).
+      tokens: [B, T] int32.
+      positions: [B, T] int32 RoPE positions.
+      attention_mask: [B, T, S] bool, over cache slots after the write.
+      cache: KVCache with capacity S.
+
+    Returns:
+      (logits [B, T, V] float32, cache with the tokens written and index += T).
+    """
+    check_capacity(cache, tokens.shape[1])
+    return _forward_jit(config, params, tokens, positions, attention_mask, cache)
+
+
+def init_params(config: ModelConfig, key: jax.Array, noise: float = 0.1):
+    """Random parameters for tests: Flax defaults, with norms and biases perturbed by `noise`.
+
+    Returns:
+      The params pytree (dtype config.dtype).
+    """
+    cache = init_cache(config, 1, 2)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    mask = causal_mask(cache.index, 1, 2)
+    init_key, noise_key = jax.random.split(key)
+    params = Decoder(config).init(init_key, tokens, tokens, mask, cache)["params"]
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(noise_key, len(leaves))
+    out = []
+    for (path, leaf), k in zip(leaves, keys, strict=True):
+        name = jax.tree_util.keystr(path)
+        if "scale" in name or "bias" in name:
+            leaf = leaf + noise * jax.random.normal(k, leaf.shape, leaf.dtype)
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def prefill(config: ModelConfig, params, tokens, lengths, cache: KVCache):
+    """Writes right-padded prompts into `cache` and returns the logits after each prompt.
+
+    Args:
+      config: the ModelConfig.
+      params: parameters.
+      tokens: [B, T] int32 prompts, right-padded; row b is valid for t < lengths[b].
+      lengths: [B] int32 prompt lengths (>= 1).
+      cache: KVCache; rows start at their current index.
+
+    Returns:
+      (last_logits [B, V] float32 at position lengths[b]-1, cache with index = old + lengths).
+      Padding slots are written but lie beyond the index, so later writes overwrite them.
+    """
+    check_capacity(cache, tokens.shape[1])
+    start = cache.index
+    positions = start[:, None] + jnp.arange(tokens.shape[1])[None, :]
+    mask = causal_mask(start, tokens.shape[1], cache.capacity)
+    logits, cache = forward(config, params, tokens, positions, mask, cache)
+    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    return last, cache._replace(index=start + lengths)

@@ -1,0 +1,279 @@
+"""Load GGUF checkpoints (llama / qwen2) into float parameters, with an on-disk cache.
+
+Dequantization uses the `gguf` package. The float32 parameters are cached as
+`<cache>/converted/<sha256 of the GGUF>.safetensors` (config JSON in its metadata), so the
+second load only reads that file. llama-arch GGUFs keep llama.cpp's Q/K row permutation;
+their config says `rope_layout='interleaved'`, which is the matching rotation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import config as config_lib
+from models.errors import ModelFileError
+
+CACHE_FORMAT = "rsd_jax-params-v1"
+
+
+def cache_root() -> Path:
+    """The cache directory: $RSD_JAX_CACHE, else ~/.cache/rsd_jax."""
+    return Path(os.environ.get("RSD_JAX_CACHE") or Path.home() / ".cache" / "rsd_jax")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_sha256(path: Path, known: str | None = None) -> str:
+    """sha256 of `path`, memoised in a sidecar JSON keyed by (size, mtime) to skip rehashing.
+
+    Args:
+      path: the file.
+      known: a digest just computed by the caller while writing the file, to memoise as is.
+    """
+    stat = path.stat()
+    memo = cache_root() / "hashes.json"
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        table = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table or known is not None:
+        table[key] = known or sha256_file(path)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=0))
+        tmp.replace(memo)
+    return table[key]
+
+
+def open_gguf(path: str | os.PathLike):
+    """Opens a GGUF file, turning missing/truncated/corrupt files into ModelFileError.
+
+    Returns:
+      (reader, metadata) where metadata maps keys to Python values.
+    """
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"GGUF file not found: {path}")
+    try:
+        reader = gguf.GGUFReader(str(path))
+        meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    except Exception as e:  # gguf raises ValueError, IndexError, struct errors, ...
+        msg = f"{path} is not a readable GGUF file (truncated or corrupt?): {e}"
+        raise ModelFileError(msg) from e
+    size = path.stat().st_size
+    if end > size:
+        raise ModelFileError(f"{path} is truncated: tensors need {end} bytes, file has {size}")
+    return reader, meta
+
+
+_LAYER_NAMES = {
+    "attn_norm.weight": ("attn_norm", "scale"),
+    "attn_q.weight": ("attn", "q", "kernel"),
+    "attn_k.weight": ("attn", "k", "kernel"),
+    "attn_v.weight": ("attn", "v", "kernel"),
+    "attn_q.bias": ("attn", "q", "bias"),
+    "attn_k.bias": ("attn", "k", "bias"),
+    "attn_v.bias": ("attn", "v", "bias"),
+    "attn_output.weight": ("attn", "o", "kernel"),
+    "ffn_norm.weight": ("mlp_norm", "scale"),
+    "ffn_gate.weight": ("mlp", "gate", "kernel"),
+    "ffn_up.weight": ("mlp", "up", "kernel"),
+    "ffn_down.weight": ("mlp", "down", "kernel"),
+}
+_TOP_NAMES = {
+    "token_embd.weight": ("embed", "embedding"),
+    "output_norm.weight": ("final_norm", "scale"),
+    "output.weight": ("lm_head", "kernel"),
+}
+
+
+def param_path(gguf_name: str) -> tuple[str, ...] | None:
+    """Maps a GGUF tensor name to its path in our params tree (None if unused, e.g. rope)."""
+    if gguf_name in _TOP_NAMES:
+        return _TOP_NAMES[gguf_name]
+    parts = gguf_name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+        return (f"layers_{int(parts[1])}",) + _LAYER_NAMES[parts[2]]
+    return None
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    """{'a/b/c': x} -> {'a': {'b': {'c': x}}}."""
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Inverse of `unflatten`."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "/"))
+        else:
+            out[name] = value
+    return out
+
+
+def convert_gguf(reader, meta) -> tuple[config_lib.ModelConfig, dict[str, np.ndarray]]:
+    """Dequantizes all tensors to float32 and maps them to flat param names.
+
+    Returns:
+      (config, {'layers_0/attn/q/kernel': [D, H*E] float32, ...}); Dense kernels are stored
+      (in, out), i.e. transposed from GGUF's (out, in).
+    """
+    import gguf
+
+    names = {t.name for t in reader.tensors}
+    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embed is None:
+        raise ModelFileError("GGUF file has no token_embd.weight tensor")
+    config = config_lib.from_gguf_metadata(meta, names, int(embed.shape[-1]))
+    flat = {}
+    for t in reader.tensors:
+        path = param_path(t.name)
+        if path is None:
+            continue
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+        if path[-1] == "kernel":
+            w = np.ascontiguousarray(w.T)
+        flat["/".join(path)] = w
+    expected = expected_param_names(config)
+    missing = sorted(expected - set(flat))
+    if missing:
+        raise ModelFileError(f"GGUF file lacks tensors for {missing[:5]} ({len(missing)} missing)")
+    return config, flat
+
+
+def expected_param_names(config: config_lib.ModelConfig) -> set[str]:
+    """Flat names of every parameter the decoder needs for `config`."""
+    names = {"embed/embedding", "final_norm/scale"}
+    if not config.tied_embeddings:
+        names.add("lm_head/kernel")
+    for i in range(config.layers):
+        for path in _LAYER_NAMES.values():
+            if path[-1] == "bias" and not config.qkv_bias:
+                continue
+            names.add("/".join((f"layers_{i}",) + path))
+    return names
+
+
+def load_gguf(
+    path: str | os.PathLike, dtype: str | None = None, use_cache: bool = True, opened=None
+) -> tuple[config_lib.ModelConfig, dict]:
+    """Loads a GGUF checkpoint as (config, params), converting once and caching on disk.
+
+    Args:
+      path: the .gguf file.
+      dtype: 'float32' (default) or 'bfloat16'; params are cast to it.
+      use_cache: read/write the converted float32 cache under `cache_root()/converted`.
+      opened: `open_gguf(path)`'s result if the caller already has it (used on a miss).
+
+    Returns:
+      (ModelConfig, nested params dict of jax arrays).
+
+    Raises:
+      ModelFileError: missing, truncated or incomplete file.
+      UnknownArchitectureError: not llama/qwen2.
+    """
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"GGUF file not found: {path}")
+    # A cache hit needs no parsing: the cache is keyed by the sha256 of this exact file,
+    # which was fully read and validated when the cache was written.
+    cached = converted_path(path) if use_cache else None
+    config = cached_config(path) if use_cache else None
+    if config is not None:
+        config = config.replace(dtype=dtype or config.dtype)
+        params = _read_cache(cached, config.dtype)
+        if params is not None:
+            return config, params
+    reader, meta = opened or open_gguf(path)
+    config, flat = convert_gguf(reader, meta)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        save_file(flat, str(tmp), metadata={"format": CACHE_FORMAT, "config": config.to_json()})
+        tmp.replace(cached)
+    config = config.replace(dtype=dtype or config.dtype)
+    return config, _flat_to_jax(flat, config.dtype)
+
+
+def converted_path(path: str | os.PathLike, suffix: str = ".safetensors") -> Path:
+    """Cache file for the GGUF at `path`: <cache>/converted/<sha256 of the file><suffix>."""
+    return cache_root() / "converted" / f"{cached_sha256(Path(path))}{suffix}"
+
+
+def cached_config(path: str | os.PathLike) -> config_lib.ModelConfig | None:
+    """The config stored with the converted cache of `path`, without reading weights."""
+    from safetensors import safe_open
+
+    cached = converted_path(path)
+    if not cached.is_file():
+        return None
+    try:
+        with safe_open(str(cached), "np") as f:
+            info = f.metadata() or {}
+        if info.get("format") == CACHE_FORMAT:
+            return config_lib.ModelConfig.from_json(info["config"])
+    except Exception:  # unreadable cache: treat as absent
+        return None
+    return None
+
+
+def _read_cache(cached: Path, dtype: str):
+    """Params read tensor by tensor from a converted cache file (None if unusable)."""
+    import jax.numpy as jnp
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        out = {}
+        with safe_open(str(cached), "np") as f:
+            for name in f.keys():  # one tensor at a time keeps the peak memory near 1x
+                out[name] = jnp.asarray(f.get_tensor(name), jnp.dtype(dtype))
+        return unflatten(out)
+    except (SafetensorError, OSError, ValueError):
+        return None  # unreadable cache: the caller rebuilds it
+
+
+def _flat_to_jax(flat: dict[str, np.ndarray], dtype: str) -> dict:
+    """Moves a flat numpy dict to nested jax arrays, freeing each numpy array as it goes."""
+    import jax.numpy as jnp
+
+    out = {}
+    for name in list(flat):
+        out[name] = jnp.asarray(flat.pop(name), jnp.dtype(dtype))
+    return unflatten(out)
+
+
+def cast_params(params: dict, dtype: str) -> dict:
+    """Casts every leaf to `dtype` (bfloat16 via ml_dtypes through jax.numpy)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.dtype(dtype)), params)

@@ -1,0 +1,237 @@
+"""Load (and save, for tests and export) Hugging Face style safetensors directories.
+
+A directory holds `config.json` and `model.safetensors`, or shards listed in
+`model.safetensors.index.json`. Tensor names follow transformers' Llama/Qwen2 layout
+(`model.layers.N.self_attn.q_proj.weight`, ...), weights (out, in); RoPE is rotate-half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from models import config as config_lib
+from models.errors import ModelFileError
+from models.gguf_loader import cast_params, expected_param_names, flatten, unflatten
+
+_LAYER = {
+    "input_layernorm.weight": "attn_norm/scale",
+    "self_attn.q_proj.weight": "attn/q/kernel",
+    "self_attn.k_proj.weight": "attn/k/kernel",
+    "self_attn.v_proj.weight": "attn/v/kernel",
+    "self_attn.q_proj.bias": "attn/q/bias",
+    "self_attn.k_proj.bias": "attn/k/bias",
+    "self_attn.v_proj.bias": "attn/v/bias",
+    "self_attn.o_proj.weight": "attn/o/kernel",
+    "post_attention_layernorm.weight": "mlp_norm/scale",
+    "mlp.gate_proj.weight": "mlp/gate/kernel",
+    "mlp.up_proj.weight": "mlp/up/kernel",
+    "mlp.down_proj.weight": "mlp/down/kernel",
+}
+_TOP = {
+    "model.embed_tokens.weight": "embed/embedding",
+    "model.norm.weight": "final_norm/scale",
+    "lm_head.weight": "lm_head/kernel",
+}
+
+
+def hf_to_param_name(name: str) -> str | None:
+    """'model.layers.3.mlp.up_proj.weight' -> 'layers_3/mlp/up/kernel' (None if unused)."""
+    if name in _TOP:
+        return _TOP[name]
+    if name.startswith("model.layers."):
+        layer, rest = name[len("model.layers.") :].split(".", 1)
+        if rest in _LAYER:
+            return f"layers_{int(layer)}/{_LAYER[rest]}"
+    return None
+
+
+def _shard_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = [directory / f for f in sorted(set(weight_map.values()))]
+    else:
+        files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ModelFileError(f"no *.safetensors files in {directory}")
+    for f in files:
+        if not f.is_file():
+            raise ModelFileError(f"safetensors shard missing: {f}")
+    return files
+
+
+def valid_vocab_size(directory: Path) -> int | None:
+    """Max token id + 1 in the directory's tokenizer.json (None if there is none)."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    ids = list(state.get("model", {}).get("vocab", {}).values())
+    ids += [t["id"] for t in state.get("added_tokens", [])]
+    return max(ids) + 1 if ids else None
+
+
+def load_hf_dir(
+    directory: str | os.PathLike, dtype: str | None = None
+) -> tuple[config_lib.ModelConfig, dict]:
+    """Loads a safetensors checkpoint directory as (config, params).
+
+    Args:
+      directory: folder with config.json and *.safetensors (sharded or not).
+      dtype: 'float32' (default) or 'bfloat16'.
+
+    Raises:
+      ModelFileError: missing/unreadable files or missing tensors.
+      UnknownArchitectureError: config.json names another architecture.
+    """
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    if not directory.is_dir() or not cfg_path.is_file():
+        raise ModelFileError(f"{directory} is not a model directory (no config.json)")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ModelFileError(f"{cfg_path} is not valid JSON: {e}") from e
+    config = config_lib.from_hf_config(raw, valid_vocab_size(directory))
+    flat = {}
+    for shard in _shard_files(directory):
+        try:
+            with safe_open(str(shard), "np") as f:
+                for name in f.keys():
+                    target = hf_to_param_name(name)
+                    if target is None:
+                        continue
+                    w = np.asarray(f.get_tensor(name), np.float32)
+                    flat[target] = np.ascontiguousarray(w.T) if target.endswith("kernel") else w
+        except ModelFileError:
+            raise
+        except Exception as e:  # SafetensorError, OSError on truncated/corrupt shards
+            raise ModelFileError(f"cannot read {shard} (truncated or corrupt?): {e}") from e
+    if config.tied_embeddings:
+        flat.pop("lm_head/kernel", None)
+    missing = sorted(expected_param_names(config) - set(flat))
+    if missing:
+        raise ModelFileError(
+            f"{directory} lacks tensors for {missing[:5]} ({len(missing)} missing)"
+        )
+    if dtype is not None:
+        config = config.replace(dtype=dtype)
+    return config, cast_params(unflatten(flat), config.dtype)
+
+
+def hf_config_dict(config: config_lib.ModelConfig) -> dict:
+    """The config.json transformers expects for `config` (rotate-half checkpoints only)."""
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[config.arch]
+    out = {
+        "architectures": [arch],
+        "model_type": config.arch,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden,
+        "num_hidden_layers": config.layers,
+        "num_attention_heads": config.heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "intermediate_size": config.mlp_hidden,
+        "rms_norm_eps": config.rms_eps,
+        "rope_theta": config.rope_theta,
+        "tie_word_embeddings": config.tied_embeddings,
+        "max_position_embeddings": config.max_positions or 2048,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+        "bos_token_id": config.bos_id,
+        "eos_token_id": config.eos_id,
+        "pad_token_id": config.pad_id,
+    }
+    if config.arch == "llama":
+        out["attention_bias"] = config.qkv_bias
+    return out
+
+
+def save_hf_dir(
+    config: config_lib.ModelConfig, params: dict, directory: str | os.PathLike,
+    max_shard_bytes: int | None = None, dtype: str = "float32",
+) -> None:  # fmt: skip
+    """Writes params as an HF-layout safetensors directory (sharded if asked).
+
+    Args:
+      config: the model config (must be rotate-half).
+      params: the params pytree.
+      directory: output folder (config.json, *.safetensors, index if sharded).
+      max_shard_bytes: shard when given.
+      dtype: tensor dtype on disk, 'float32' or 'bfloat16'.
+
+    Raises:
+      ValueError: `config.rope_layout` is 'interleaved' (HF checkpoints are rotate-half).
+    """
+    from safetensors.numpy import save_file
+
+    if config.rope_layout != "rotate_half":
+        raise ValueError("HF checkpoints use rotate-half RoPE; un-permute Q/K first")
+    inverse = {v: k for k, v in _TOP.items()}
+    tensors = {}
+    import ml_dtypes
+
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
+    for name, w in flatten(params).items():
+        w = np.asarray(np.asarray(w, np.float32), np_dtype)
+        if name in inverse:
+            hf = inverse[name]
+        else:
+            layer, rest = name.split("/", 1)
+            hf = f"model.layers.{layer.split('_')[1]}." + {v: k for k, v in _LAYER.items()}[rest]
+        tensors[hf] = np.ascontiguousarray(w.T) if name.endswith("kernel") else w
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf_config = hf_config_dict(config) | {"torch_dtype": dtype}
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    if max_shard_bytes is None:
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return
+    shards, current, size = [], {}, 0
+    for name in sorted(tensors):
+        if current and size + tensors[name].nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensors[name]
+        size += tensors[name].nbytes
+    shards.append(current)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, fname))
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}}
+    index["weight_map"] = weight_map
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def to_rotate_half(config: config_lib.ModelConfig, params: dict):
+    """Un-permutes the Q/K columns of an interleaved-layout model (llama-arch GGUF).
+
+    llama.cpp's converter reorders each head's rows from (2, E/2) to (E/2, 2); undoing it
+    gives the HF order, which uses rotate-half RoPE. Returns (config, params) unchanged if
+    the model is already rotate-half.
+    """
+    if config.rope_layout == "rotate_half":
+        return config, params
+
+    def unpermute(w, heads):  # kernel [D, heads*E] or bias [heads*E]
+        w = np.asarray(w)
+        e = w.shape[-1] // heads
+        w = w.reshape(w.shape[:-1] + (heads, e // 2, 2))
+        return np.swapaxes(w, -1, -2).reshape(w.shape[:-3] + (heads * e,))
+
+    flat = flatten(params)
+    for name in flat:
+        parts = name.split("/")
+        if len(parts) == 4 and parts[1] == "attn" and parts[2] in ("q", "k"):
+            heads = config.heads if parts[2] == "q" else config.kv_heads
+            flat[name] = unpermute(flat[name], heads)
+    config = config.replace(rope_layout="rotate_half")
+    return config, cast_params(unflatten(flat), config.dtype)

