@@ -15,7 +15,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config .py file[:k=v,...].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results (optional for demos).")
 
-JOBS = ("toy_demo",)
+JOBS = ("toy_demo", "speculative")
 
 
 def main(argv):
@@ -25,6 +25,13 @@ def main(argv):
         raise app.UsageError("--config is required, e.g. --config=experiments/configs/toy_demo.py")
     if config.job not in JOBS:
         raise app.UsageError(f"unknown job {config.job!r}; known jobs: {JOBS}")
+    if config.job == "speculative":
+        from experiments import runner
+
+        if not _WORKDIR.value:
+            raise app.UsageError("the speculative job needs --workdir=DIR (results, resumable)")
+        runner.run(config, _WORKDIR.value)
+        return
     from experiments import toy_demo
 
     rows = toy_demo.run(config)

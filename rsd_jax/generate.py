@@ -156,6 +156,43 @@ def init_state(
     )
 
 
+def repeat_rows(state: decode.DecodeState, repeats: int, keys: Array) -> decode.DecodeState:
+    """Repeats every row of a (prefilled) state ``repeats`` times with new per-row keys.
+
+    Draws many samples from one prompt without prefilling it once per sample.
+
+    Args:
+      state: a state from :func:`init_state` (typically one row).
+      repeats: copies per row.
+      keys: ``[B * repeats, 2]`` keys of the new rows.
+    """
+
+    def rep(x, axis):
+        return jnp.repeat(x, repeats, axis=axis)
+
+    def rep_cache(cache):
+        if cache is None:
+            return None
+        return type(cache)(
+            **{k: rep(v, 0 if k == "index" else 1) for k, v in cache._asdict().items()}
+        )
+
+    batched = {
+        k: rep(v, 0)
+        for k, v in state._asdict().items()
+        if k not in ("target_cache", "draft_cache", "counters", "temperature", "top_k", "top_p")
+    }
+    batched["key"] = jnp.array(keys, copy=True)
+    for k in ("temperature", "top_k", "top_p"):  # copies: the new state will be donated
+        batched[k] = jnp.array(getattr(state, k), copy=True)
+    return state._replace(
+        **batched,
+        target_cache=rep_cache(state.target_cache),
+        draft_cache=rep_cache(state.draft_cache),
+        counters=jax.tree.map(lambda x: rep(x, 0), state.counters),
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def jitted_step(engine: decode.Engine):
     """``step(state, target_params, draft_params) -> state``, jitted, state donated."""

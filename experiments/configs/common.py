@@ -46,3 +46,39 @@ def build(defaults: dict, arg: str | None) -> ml_collections.ConfigDict:
         config[key] = _cast(key, value.strip(), defaults[key])
     config.lock()
     return config
+
+
+SPECULATIVE_DEFAULTS = dict(
+    job="speculative",
+    sweep="none",  # none | length | budget
+    method="ar+sd:2+mrs:3x2+spectr:3x2+rsd_c:2-2+rsd_s:3x2",
+    target="qwen2.5-coder-1.5b",  # preset name or local path (.gguf / safetensors dir)
+    draft="qwen2.5-coder-0.5b",
+    dtype="float32",
+    dataset="humaneval+chat+summarise+translate+shakespeare",
+    num_prompts=5,  # in all, spread round-robin over the datasets in order
+    max_new_tokens=32,
+    max_prompt_tokens=128,  # user text longer than this keeps its head and tail
+    chat_template="auto",  # auto (chat tasks) | always | never
+    shakespeare_lines=8,
+    temperature=-1.0,  # < 0: the paper's per-dataset setting (0.3 summarise/translate, else 1.0)
+    top_p=-1.0,  # < 0: the paper's per-dataset setting (1.0 summarise/translate, else 0.95)
+    seed=0,
+    lengths="2+3+4+5",  # sweep=length
+    width=3,  # sweep=length: K = W = width, RSD-C width-1-..-1
+    budgets="6+10+14+21+30",  # sweep=budget
+    sd_max_length=8,  # sweep=budget: SD chain L = min(B, sd_max_length)
+    shapes="",  # sweep=budget: overrides, '+'-separated B@name:shape
+    bootstrap=1000,  # bootstrap resamples for confidence intervals (over prompts)
+    progress=True,
+    plots=True,
+)
+
+
+def speculative(arg: str | None, **overrides) -> ml_collections.ConfigDict:
+    """A config of the ``speculative`` job: :data:`SPECULATIVE_DEFAULTS` updated by the
+    config module's ``overrides``, then by the command line's ``k=v`` string ``arg``."""
+    unknown = set(overrides) - set(SPECULATIVE_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown speculative config keys {sorted(unknown)}")
+    return build(SPECULATIVE_DEFAULTS | overrides, arg)
