@@ -30,7 +30,12 @@ def main(argv):
 
         if not _WORKDIR.value:
             raise app.UsageError("the speculative job needs --workdir=DIR (results, resumable)")
-        runner.run(config, _WORKDIR.value)
+        from experiments.datasets import DatasetMissingError
+
+        try:
+            runner.run(config, _WORKDIR.value)
+        except (ValueError, DatasetMissingError) as e:  # bad config, workdir or missing data
+            raise SystemExit(f"error: {e}") from None
         return
     from experiments import toy_demo
 

@@ -1,0 +1,258 @@
+"""Summary statistics, quality scores, the markdown table and the plots of the speculative job.
+
+Per run spec (method at a sweep point), over the prompts of the run:
+
+- ``block_efficiency``: sum of emitted tokens / sum of target calls (AR = 1);
+- ``mbsu``: ``eta / (1 + r L)``, ``r`` = draft params / target params, ``L`` = draft calls;
+- ``token_rate``: kept tokens (cut at ``max_new_tokens`` and EOS) / wall-clock seconds
+  (prefill included); ``token_rate_ratio_vs_ar``: over the AR rate of the same prompts in
+  the same workdir; ``decode_token_rate_ratio_vs_ar``: the same without the prefill time;
+- ``acceptance_by_depth[d-1]``: fraction of rounds that accepted at least ``d`` draft tokens;
+- ``target_tokens_per_call``: positions the target scores per call (``B`` nodes + root);
+- quality on the ``summarise`` (ROUGE-2 F1, ``rouge-score``) and ``translate`` (sentence
+  BLEU, ``sacrebleu``) slices against the ShareGPT reference, i.e. the first ChatGPT reply
+  of the conversation (no human references ship offline). It is a *consistency* check:
+  lossless methods must score like AR within noise;
+- ``matches_ar`` (greedy runs only): fraction of prompts whose output equals AR's exactly.
+
+Confidence intervals: 95% percentile bootstrap over prompts (``bootstrap`` resamples, fixed
+seed), paired with AR for the ratio. With a handful of prompts they are wide; say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+QUALITY = {"summarise": "rouge2_f1", "translate": "bleu"}
+
+
+def _boot_idx(n: int, samples: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(n, size=(samples, n))
+
+
+def _ci(values: np.ndarray) -> list[float]:
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def ratio_ci(num, den, idx) -> tuple[float, list[float]]:
+    """``sum(num) / sum(den)`` and its bootstrap interval over the rows ``idx`` resamples."""
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    est = float(num.sum() / den.sum())
+    boot = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-12)
+    return est, _ci(boot)
+
+
+def paired_rate_ratio(paired, field: str, idx) -> tuple[float, list[float]]:
+    """Token rate of a method over AR's on the same prompts (time from ``field``)."""
+    m = np.array([[x["num_tokens"], x[field], a["num_tokens"], a[field]] for x, a in paired], float)
+    ratio = (m[:, 0].sum() / m[:, 1].sum()) / (m[:, 2].sum() / m[:, 3].sum())
+    boot = (m[idx, 0].sum(1) / m[idx, 1].sum(1)) / (m[idx, 2].sum(1) / m[idx, 3].sum(1))
+    return float(ratio), _ci(boot)
+
+
+def mean_ci(x, samples: int) -> tuple[float, list[float]]:
+    x = np.asarray(x, float)
+    idx = _boot_idx(len(x), samples, seed=1)
+    return float(x.mean()), _ci(x[idx].mean(1))
+
+
+def score(metric: str, hypothesis: str, reference: str) -> float:
+    """ROUGE-2 F1 (0..1) or sentence BLEU (0..100) of one output."""
+    if metric == "rouge2_f1":
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rouge2"], use_stemmer=True)
+        return float(scorer.score(reference, hypothesis)["rouge2"].fmeasure)
+    if metric == "bleu":
+        import sacrebleu
+
+        return float(sacrebleu.sentence_bleu(hypothesis, [reference]).score)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def _quality(recs, prompts_by_key, samples) -> dict:
+    out = {}
+    for dataset, metric in QUALITY.items():
+        pairs = [
+            (r["text"], prompts_by_key[r["prompt"]].reference)
+            for r in recs
+            if r["dataset"] == dataset
+            and r.get("text") is not None
+            and prompts_by_key[r["prompt"]].reference
+        ]
+        if not pairs:
+            continue
+        try:
+            values = [score(metric, h, ref) for h, ref in pairs]
+        except ImportError as e:
+            out[dataset] = {"metric": metric, "error": f"{e}; pip install rouge-score sacrebleu"}
+            continue
+        est, ci = mean_ci(values, samples)
+        out[dataset] = {"metric": metric, "mean": est, "ci": ci, "n": len(values)}
+    return out
+
+
+def summarize(config, specs, prompts, records, bundle) -> dict:
+    """The ``summary.json`` content: one entry per run spec label (see module docstring)."""
+    r = bundle.draft_params / bundle.target_params
+    by_key = {p.key: p for p in prompts}
+    keys = [p.key for p in prompts]
+    ar = {k: records.get(f"{k}|ar") for k in keys}
+    samples = int(config.bootstrap)
+    entries = {}
+    for spec in specs:
+        recs = [records.get(f"{k}|{spec.text}") for k in keys]
+        paired = [(x, ar[k]) for x, k in zip(recs, keys, strict=True) if x and ar[k]]
+        recs = [x for x in recs if x]
+        if not recs:
+            continue
+        idx = _boot_idx(len(recs), samples)
+        g = [x["generated"] for x in recs]
+        calls = [x["target_calls"] for x in recs]
+        eta, eta_ci = ratio_ci(g, calls, idx)
+        denom = 1.0 + r * spec.length
+        rate, rate_ci = ratio_ci([x["num_tokens"] for x in recs], [x["seconds"] for x in recs], idx)
+        hist = np.sum([x["accepted_hist"] for x in recs], axis=0).astype(float)
+        rounds = max(hist.sum(), 1.0)
+        entry = dataclasses.asdict(spec) | dict(
+            num_prompts=len(recs),
+            block_efficiency=eta,
+            block_efficiency_ci=eta_ci,
+            mbsu=eta / denom,
+            mbsu_ci=[v / denom for v in eta_ci],
+            token_rate=rate,
+            token_rate_ci=rate_ci,
+            acceptance_by_depth=[float(hist[d:].sum() / rounds) for d in range(1, len(hist))],
+            target_tokens_per_call=float(np.sum([x["nodes_scored"] for x in recs]) / np.sum(calls))
+            + 1.0,
+            draft_calls_per_round=spec.length,
+            tokens=int(np.sum([x["num_tokens"] for x in recs])),
+            seconds=float(np.sum([x["seconds"] for x in recs])),
+            per_dataset={},
+            quality=_quality(recs, by_key, samples),
+        )
+        entry["token_rate_ratio_vs_ar"] = entry["token_rate_ratio_vs_ar_ci"] = None
+        if paired:
+            pidx = _boot_idx(len(paired), samples, seed=2)
+            for name, field in (("", "seconds"), ("decode_", "decode_seconds")):
+                ratio, ci = paired_rate_ratio(paired, field, pidx)
+                entry[f"{name}token_rate_ratio_vs_ar"] = ratio
+                entry[f"{name}token_rate_ratio_vs_ar_ci"] = ci
+            if all(x["temperature"] == 0 for x, _ in paired):
+                entry["matches_ar"] = float(
+                    np.mean([x["tokens"] == a["tokens"] for x, a in paired])
+                )
+        for ds in dict.fromkeys(x["dataset"] for x in recs):
+            sub = [x for x in recs if x["dataset"] == ds]
+            entry["per_dataset"][ds] = {
+                "block_efficiency": float(
+                    np.sum([x["generated"] for x in sub]) / np.sum([x["target_calls"] for x in sub])
+                ),
+                "num_prompts": len(sub),
+            }
+        entries[spec.label] = entry
+    return {
+        "config": config.to_dict(),
+        "models": bundle.info,
+        "r": r,
+        "intervals": f"95% percentile bootstrap over prompts, {samples} resamples",
+        "quality_reference": "ShareGPT first gpt reply of the same conversation (ChatGPT), "
+        "not a human reference; a consistency check across methods",
+        "methods": entries,
+    }
+
+
+def _fmt(x, ci=None, digits=3) -> str:
+    if x is None:
+        return "-"
+    text = f"{x:.{digits}f}"
+    if ci is not None:
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
+
+
+def format_table(summary: dict) -> str:
+    """Markdown table: one row per method (95% bootstrap intervals in brackets)."""
+    head = (
+        "| method | shape | L | B | block efficiency | MBSU | tok/s | tok/s ratio vs AR | "
+        "acceptance by depth | ROUGE-2 (summarise) | BLEU (translate) | note |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for e in summary["methods"].values():
+        q = e["quality"]
+        rouge = q.get("summarise", {})
+        bleu = q.get("translate", {})
+        acc = " ".join(f"{a:.2f}" for a in e["acceptance_by_depth"]) or "-"
+        note = e["note"]
+        if "matches_ar" in e:
+            note = (note + "; " if note else "") + f"greedy output == AR: {e['matches_ar']:.2f}"
+        lines.append(
+            f"| {e['name']} | {e['shape']} | {e['length']} | {e['budget']} | "
+            f"{_fmt(e['block_efficiency'], e['block_efficiency_ci'])} | "
+            f"{_fmt(e['mbsu'], e['mbsu_ci'])} | {_fmt(e['token_rate'], e['token_rate_ci'], 2)} | "
+            f"{_fmt(e['token_rate_ratio_vs_ar'], e['token_rate_ratio_vs_ar_ci'])} | {acc} | "
+            f"{_fmt(rouge.get('mean'), rouge.get('ci'))} | "
+            f"{_fmt(bleu.get('mean'), bleu.get('ci'), 1)} | {note} |"
+        )
+    n = max((e["num_prompts"] for e in summary["methods"].values()), default=0)
+    lines.append(
+        f"\n{n} prompts; r = {summary['r']:.4f}; B = draft nodes scored per target call (root "
+        f"excluded); intervals: {summary['intervals']}. Quality reference: "
+        f"{summary['quality_reference']}."
+    )
+    return "\n".join(lines)
+
+
+def _x(entry: dict, axis: str, sweep: str):
+    if axis == "L":
+        return entry["length"]
+    return entry["sweep_value"] if sweep == "budget" else entry["budget"]
+
+
+def plot(summary: dict, workdir: Path) -> list[str]:
+    """PNG plots, one line per method: block efficiency vs L and vs B, token-rate ratio vs B."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = summary["config"]["sweep"]
+    entries = [e for e in summary["methods"].values() if e["length"] > 0]
+    figures = [
+        ("block_efficiency_vs_L.png", "L", "block_efficiency", "draft length L (draft calls)"),
+        ("block_efficiency_vs_budget.png", "B", "block_efficiency", "target budget B"),
+        ("token_rate_ratio_vs_budget.png", "B", "token_rate_ratio_vs_ar", "target budget B"),
+    ]
+    out = []
+    for name, axis, key, xlabel in figures:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in dict.fromkeys(e["name"] for e in entries):
+            pts = sorted(
+                (_x(e, axis, sweep), e[key], e.get(key + "_ci"))
+                for e in entries
+                if e["name"] == method and e.get(key) is not None
+            )
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
+            err = None
+            if all(p[2] for p in pts):
+                err = np.array([[y - p[2][0], p[2][1] - y] for y, p in zip(ys, pts, strict=True)])
+                err = np.maximum(err, 0).T
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
+        if key == "token_rate_ratio_vs_ar":
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="AR")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(workdir) / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        out.append(str(path))
+    return out

@@ -1,0 +1,294 @@
+"""The ``speculative`` job: real-model generation over prompts x methods, resumable.
+
+Launch through ``experiments/run.py`` with one of ``experiments/configs/{default,
+fixed_length,fixed_budget}.py``. In ``--workdir``:
+
+- ``config.json``: the config and the models' description; a rerun whose
+  result-affecting keys (:data:`COMPAT_KEYS`) or models differ is refused.
+- ``results.jsonl``: one line per (prompt, method), appended (and fsynced) as soon as
+  it completes. A rerun skips every key already there; a partial last line left by a
+  kill is dropped.
+- ``summary.json``, ``table.md``, ``shapes.md`` and PNG plots (see :mod:`experiments.report`).
+
+Timing: before a method's first timed prompt its programs are compiled by a warm-up
+(prefill + a decoding loop that runs no round), so compile time is not measured. Each
+record's ``seconds`` is wall-clock from prefill to the last round, inclusive. Work runs
+prompt by prompt, all methods of a prompt in turn, so a slow phase of a shared machine
+lands on every method rather than on whichever method happened to run then.
+Randomness: the key of a prompt is ``fold_in(PRNGKey(seed), crc32(prompt key))`` for every
+method (common random numbers), so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments import plan as plan_lib
+from experiments import report, sources
+from rsd_jax import decode, methods, transforms
+from rsd_jax import generate as gen
+
+RESULTS, CONFIG, SUMMARY, TABLE, SHAPES = (
+    "results.jsonl",
+    "config.json",
+    "summary.json",
+    "table.md",
+    "shapes.md",
+)
+# Keys that change what a (prompt, method) record holds; the rest select which work to do.
+COMPAT_KEYS = (
+    "target",
+    "draft",
+    "dtype",
+    "dataset",
+    "max_new_tokens",
+    "max_prompt_tokens",
+    "chat_template",
+    "shakespeare_lines",
+    "temperature",
+    "top_p",
+    "seed",
+)
+TIMING_FIELDS = ("seconds", "prefill_seconds", "decode_seconds")
+
+
+class IncompatibleWorkdirError(ValueError):
+    """The workdir holds results of a config that generated differently."""
+
+
+def record_key(prompt_key: str, method_text: str) -> str:
+    return f"{prompt_key}|{method_text}"
+
+
+def check_workdir(workdir: Path, config, info: dict | None) -> None:
+    """Refuses a workdir made by an incompatible config; stores this config otherwise.
+
+    With ``info=None`` (before the models are loaded) only the config keys are compared
+    and nothing is written.
+    """
+    path = workdir / CONFIG
+    mine = {k: config[k] for k in COMPAT_KEYS}
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        old = {k: stored.get("config", {}).get(k) for k in COMPAT_KEYS}
+        diff = [f"{k}: {old[k]!r} -> {mine[k]!r}" for k in COMPAT_KEYS if old[k] != mine[k]]
+        if info is not None and stored.get("models") != info:
+            diff.append("models differ")
+        if diff:
+            raise IncompatibleWorkdirError(
+                f"{workdir} holds results of an incompatible config ({'; '.join(diff)}); "
+                "use a new --workdir or restore those settings"
+            )
+    if info is None:
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": config.to_dict(), "models": info}, indent=2))
+    tmp.replace(path)
+
+
+def load_records(path: Path) -> dict[str, dict]:
+    """Records by key; a partial last line (killed mid-write) is cut off the file."""
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raw = raw[: raw.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(raw))
+    out = {}
+    for line in raw.decode("utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[rec["key"]] = rec
+    return out
+
+
+def append_record(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def prompt_rng_key(seed: int, prompt_key: str) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(prompt_key.encode()) >> 1)
+
+
+def _bucket(prompts) -> int:
+    longest = max(len(p.ids) for p in prompts)
+    return max(32, -(-longest // 32) * 32)
+
+
+class _Generator:
+    """Generates one prompt with one method, timed (compiles on a warm-up first)."""
+
+    def __init__(self, bundle: sources.Bundle, method, bucket: int, max_new: int):
+        self.bundle, self.method, self.bucket, self.max_new = bundle, method, bucket, max_new
+        draft = bundle.draft if method.draft_calls > 0 else None
+        self.draft = draft
+        self.engine = decode.Engine(
+            method=method,
+            target_apply=bundle.target.apply,
+            draft_apply=None if draft is None else draft.apply,
+            vocab_size=bundle.target.vocab_size,
+            valid_vocab_size=bundle.valid_vocab_size,
+            eos_id=bundle.eos_id,
+        )
+        self.draft_params = None if draft is None else draft.params
+
+    def _init(self, prompt: sources.EncodedPrompt, key):
+        padded, lengths = gen.pad_prompts([prompt.ids], self.bucket)
+        sampling = transforms.SamplingParams(temperature=prompt.temperature, top_p=prompt.top_p)
+        b = self.bundle
+        return gen.init_state(
+            self.engine, b.target, self.draft, padded, lengths, key[None], self.max_new, sampling
+        )
+
+    def warm_up(self, prompt: sources.EncodedPrompt) -> None:
+        state = self._init(prompt, jax.random.PRNGKey(0))
+        state = state._replace(done=~state.done)  # the loop compiles but runs no round
+        jax.block_until_ready(
+            gen.run(self.engine, state, self.bundle.target.params, self.draft_params)
+        )
+
+    def __call__(self, prompt: sources.EncodedPrompt, key) -> dict:
+        start = time.perf_counter()
+        state = jax.block_until_ready(self._init(prompt, key))
+        mid = time.perf_counter()
+        state = gen.run(self.engine, state, self.bundle.target.params, self.draft_params)
+        state = jax.block_until_ready(state)
+        end = time.perf_counter()
+        tokens = gen.generated_tokens(state, self.bundle.eos_id)[0]
+        c = jax.tree.map(lambda x: np.asarray(x)[0], state.counters)
+        tok = self.bundle.tokenizer
+        return dict(
+            tokens=[int(t) for t in tokens],
+            text=None if tok is None else tok.decode(tokens, skip_special=True),
+            num_tokens=len(tokens),
+            generated=int(c.generated),
+            target_calls=int(c.target_calls),
+            draft_calls=int(c.draft_calls),
+            accepted_hist=[int(x) for x in c.accepted_hist],
+            nodes_scored=int(c.nodes_scored),
+            prompt_tokens=len(prompt.ids),
+            prefill_seconds=mid - start,
+            decode_seconds=end - mid,
+            seconds=end - start,
+        )
+
+
+def _progress(total: int, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are optional
+        enabled = False
+    if not enabled:
+
+        class _Null:
+            def update(self, n=1):
+                pass
+
+            def set_description(self, text):
+                pass
+
+            def close(self):
+                pass
+
+        return _Null()
+    return tqdm(total=total, unit="gen", file=sys.stderr, dynamic_ncols=True)
+
+
+def run(
+    config,
+    workdir: str | os.PathLike,
+    *,
+    model_source: Callable | None = None,
+    prompt_source: Callable | None = None,
+    on_record: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Runs (or resumes) the job in ``workdir``; returns the summary.
+
+    Args:
+      config: a locked config of the ``speculative`` job.
+      workdir: results directory (created).
+      model_source: ``(config) -> sources.Bundle``; default loads the real models.
+      prompt_source: ``(config, bundle) -> [sources.EncodedPrompt]``; default reads datasets.
+      on_record: called with each new record after it is written (tests interrupt here).
+      log: where messages go.
+
+    Raises:
+      ValueError: bad methods or shapes (before anything is loaded).
+      IncompatibleWorkdirError: see :func:`check_workdir`.
+    """
+    specs = plan_lib.plan(config)  # validates methods and budgets before loading anything
+    sources.dataset_names(config)
+    workdir = Path(workdir)
+    check_workdir(workdir, config, None)  # fail fast, before loading models
+    shapes = plan_lib.describe(specs)
+    log("Shapes used (B = draft nodes scored per target call, root excluded):\n" + shapes)
+    start = time.perf_counter()
+    bundle = (model_source or sources.real_models)(config)
+    check_workdir(workdir, config, bundle.info)
+    (workdir / SHAPES).write_text(shapes + "\n")
+    log(
+        f"models ready in {time.perf_counter() - start:.1f}s: {bundle.info.get('target')} <- "
+        f"{bundle.info.get('draft')} (r = {bundle.draft_params / bundle.target_params:.4f})"
+    )
+    prompts = (prompt_source or sources.real_prompts)(config, bundle)
+    if not prompts:
+        raise ValueError("no prompts selected (num_prompts=0?)")
+    bucket = _bucket(prompts)
+    path = workdir / RESULTS
+    records = load_records(path)
+    texts = list(dict.fromkeys(s.text for s in specs))
+    pending = [
+        (p, t) for p in prompts for t in texts if record_key(p.key, t) not in records
+    ]  # prompt-major: methods alternate, so load drift on the machine hits all of them alike
+    total = len(pending)
+    log(
+        f"{len(prompts)} prompts x {len(texts)} methods: {total} to run, "
+        f"{len(prompts) * len(texts) - total} already in {path}"
+    )
+    generators: dict[str, _Generator] = {}
+    bar = _progress(total, config.progress)
+    try:
+        for p, text in pending:
+            if text not in generators:  # compile on first use (warm-up, untimed)
+                bar.set_description(f"compiling {text}")
+                generators[text] = _Generator(
+                    bundle, methods.parse(text), bucket, config.max_new_tokens
+                )
+                generators[text].warm_up(p)
+            runner = generators[text]
+            bar.set_description(text)
+            out = runner(p, prompt_rng_key(config.seed, p.key))
+            rec = dict(key=record_key(p.key, text), prompt=p.key, dataset=p.dataset,
+                       method=text, name=runner.method.name, temperature=p.temperature,
+                       top_p=p.top_p) | out  # fmt: skip
+            append_record(path, rec)
+            records[rec["key"]] = rec
+            bar.update(1)
+            if on_record is not None:
+                on_record(rec)
+    finally:
+        bar.close()
+    summary = report.summarize(config, specs, prompts, records, bundle)
+    summary["wall_seconds_this_invocation"] = time.perf_counter() - start
+    (workdir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    table = report.format_table(summary)
+    (workdir / TABLE).write_text(table + "\n")
+    if config.plots:
+        summary["plots"] = report.plot(summary, workdir)
+    log(table)
+    return summary

@@ -1,0 +1,189 @@
+"""Where the runner's models and prompts come from: real presets and datasets, or toys.
+
+The runner takes a *model source* ``(config) -> Bundle`` and a *prompt source*
+``(config, bundle) -> list[EncodedPrompt]``; tests and the notebook inject the toy ones
+(n-gram tables behind the real engine), runs use :func:`real_models` / :func:`real_prompts`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import datasets
+from rsd_jax import generate as gen
+
+# The paper's sampling settings (ALGORITHMS.md section 7): (temperature, top_p).
+PAPER_SAMPLING = {"summarise": (0.3, 1.0), "translate": (0.3, 1.0)}
+PAPER_DEFAULT = (1.0, 0.95)  # instruction/chat data; also used for code and continuation
+
+
+class Bundle(NamedTuple):
+    """Draft and target as the engine sees them, plus what the report needs.
+
+    Attributes:
+      target, draft: ``rsd_jax.generate.Model`` (draft None only for AR-only runs).
+      tokenizer: text <-> ids (``encode``/``decode``), or None for toy models.
+      eos_id: stop id (-1: none).
+      valid_vocab_size: ids at or beyond it get probability 0 (None: all valid).
+      target_params, draft_params: parameter counts (``r`` of MBSU is their ratio).
+      info: a JSON-able description (names, sizes) stored with the results.
+    """
+
+    target: gen.Model
+    draft: gen.Model | None
+    tokenizer: Any
+    eos_id: int
+    valid_vocab_size: int | None
+    target_params: int
+    draft_params: int
+    info: dict
+
+
+class EncodedPrompt(NamedTuple):
+    """A tokenized prompt with its sampling setting and optional reference text."""
+
+    key: str
+    dataset: str
+    ids: list[int]
+    reference: str | None
+    temperature: float
+    top_p: float
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def sampling_for(dataset: str, temperature: float, top_p: float) -> tuple[float, float]:
+    """The config's temperature/top-p, or the paper's per-dataset values where they are < 0."""
+    t_paper, p_paper = PAPER_SAMPLING.get(dataset, PAPER_DEFAULT)
+    return (t_paper if temperature < 0 else temperature), (p_paper if top_p < 0 else top_p)
+
+
+def dataset_names(config) -> list[str]:
+    names = [x.strip() for x in config.dataset.split("+") if x.strip()]
+    for name in names:
+        if name not in datasets.DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; choose from {datasets.DATASETS}")
+    if not names:
+        raise ValueError("config key 'dataset' names no dataset")
+    return names
+
+
+def per_dataset_counts(config) -> dict[str, int]:
+    """``num_prompts`` (a total) spread round-robin over the datasets in config order.
+
+    Counts only grow with ``num_prompts``, and each dataset's selection is a prefix of a
+    seeded permutation, so a larger ``num_prompts`` extends a smaller run (resumable).
+    """
+    names = dataset_names(config)
+    if config.num_prompts < 1:
+        raise ValueError(f"num_prompts must be >= 1, got {config.num_prompts}")
+    base, extra = divmod(config.num_prompts, len(names))
+    return {name: base + (i < extra) for i, name in enumerate(names)}
+
+
+def real_models(config) -> Bundle:
+    """Loads ``config.draft`` and ``config.target`` (presets or local paths) and checks
+    that they share a tokenizer."""
+    from models import adapter, loading
+
+    target = loading.load_model(config.target, dtype=config.dtype)
+    draft = loading.load_model(config.draft, dtype=config.dtype)
+    loading.check_compatible(draft, target)
+    tok = target.tokenizer
+    eos = tok.eos_id if tok is not None else target.config.eos_id
+    tp, dp = count_params(target.params), count_params(draft.params)
+    info = {
+        "target": config.target,
+        "draft": config.draft,
+        "target_params": tp,
+        "draft_params": dp,
+        "target_config": target.config.to_json(),
+        "draft_config": draft.config.to_json(),
+    }
+    return Bundle(
+        adapter.to_rsd_model(target),
+        adapter.to_rsd_model(draft),
+        tok,
+        int(eos),
+        int(target.config.valid_vocab_size),
+        tp,
+        dp,
+        info,
+    )
+
+
+def real_prompts(config, bundle: Bundle) -> list[EncodedPrompt]:
+    """``num_prompts`` prompts spread over the datasets of ``config``, tokenized."""
+    if bundle.tokenizer is None:
+        raise ValueError("real prompts need a tokenizer; the target has none")
+    out = []
+    for name, num in per_dataset_counts(config).items():
+        if not num:
+            continue
+        temperature, top_p = sampling_for(name, config.temperature, config.top_p)
+        for p in datasets.load_prompts(name, num, config.seed, config.shakespeare_lines):
+            ids = datasets.encode_prompt(
+                p, bundle.tokenizer, config.max_prompt_tokens, config.chat_template
+            )
+            out.append(EncodedPrompt(p.key, name, ids, p.reference, temperature, top_p))
+    return out
+
+
+# ----------------------------------------------------------------------------- toys
+
+
+class ToyTokenizer:
+    """Ids <-> space-separated words ``t0 t1 ...`` (so quality scores can run on toys)."""
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        del skip_special
+        return " ".join(f"t{int(i)}" for i in ids)
+
+
+def toy_sources(vocab: int = 8, order: int = 3, agreement: float = 0.7, seed: int = 0):
+    """``(model_source, prompt_source)`` over n-gram tables with known conditionals.
+
+    The target is a random order-``order`` table; the draft mixes it with another
+    (``agreement``). Prompts are random id lists (``num_prompts`` in all, spread over the
+    config's datasets); summarise/translate prompts get a random reference for the scores.
+    """
+    from models import toy
+
+    def model_source(config) -> Bundle:
+        del config
+        rng = np.random.default_rng(seed)
+        target = toy.random_table(rng, vocab, order, alpha=0.5)
+        other = toy.random_table(rng, vocab, order, alpha=0.5)
+        draft = agreement * target + (1 - agreement) * other
+
+        def model(table):
+            return gen.Model(
+                toy.cached_forward, jnp.asarray(table, jnp.float32), toy.init_toy_cache, vocab
+            )
+
+        # r = 0.25: pretend the draft has a quarter of the target's parameters.
+        info = dict(target="toy-target", draft="toy-draft", vocab=vocab, order=order, seed=seed)
+        info["agreement"] = agreement
+        return Bundle(model(target), model(draft), ToyTokenizer(), -1, None, 400, 100, info)
+
+    def prompt_source(config, bundle) -> list[EncodedPrompt]:
+        del bundle
+        out = []
+        for name, num in per_dataset_counts(config).items():
+            rng = np.random.default_rng([config.seed, len(name), ord(name[0])])
+            temperature, top_p = sampling_for(name, config.temperature, config.top_p)
+            for i in range(num):
+                ids = [int(x) for x in rng.integers(vocab, size=int(rng.integers(2, 7)))]
+                ref = None
+                if name in ("summarise", "translate"):
+                    ref = ToyTokenizer().decode(rng.integers(vocab, size=12))
+                out.append(EncodedPrompt(f"{name}/{i}", name, ids, ref, temperature, top_p))
+        return out
+
+    return model_source, prompt_source

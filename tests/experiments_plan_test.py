@@ -1,0 +1,66 @@
+"""Method plans of the three configs: shapes per sweep point, budgets realised, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import plan
+from experiments.configs import default, fixed_budget, fixed_length
+from rsd_jax import methods
+
+
+def test_default_is_one_comparable_setting_with_ar_first():
+    specs = plan.plan(default.get_config())
+    assert [s.name for s in specs] == ["AR", "SD", "MRS", "SpecTr", "RSD-C", "RSD-S"]
+    assert {s.length for s in specs[1:]} == {2}
+    assert {s.budget for s in specs[2:]} == {6}
+
+
+def test_fixed_length_shapes():
+    specs = plan.plan(fixed_length.get_config())
+    assert specs[0].text == "ar"
+    for length in (2, 3, 4, 5):
+        at = {s.name: s for s in specs if s.sweep_value == length}
+        assert set(at) == {"SD", "MRS", "SpecTr", "RSD-C", "RSD-S"}
+        assert all(s.length == length for s in at.values())
+        assert at["SD"].budget == length
+        assert {at[n].budget for n in ("MRS", "SpecTr", "RSD-C", "RSD-S")} == {3 * length}
+
+
+def test_every_default_budget_shape_realises_its_budget():
+    for budget, shapes in plan.BUDGET_SHAPES.items():
+        for name, shape in shapes.items():
+            assert methods.parse(f"{name}:{shape}").budget == budget, (name, shape)
+
+
+def test_fixed_budget_shapes_and_sd_cap():
+    specs = plan.plan(fixed_budget.get_config())
+    for budget in (6, 10, 14, 21, 30):
+        at = {s.name: s for s in specs if s.sweep_value == budget}
+        assert set(at) == {"SD", "MRS", "SpecTr", "RSD-C", "RSD-S"}
+        for name in ("MRS", "SpecTr", "RSD-C", "RSD-S"):
+            assert at[name].budget == budget
+        assert at["SD"].length == min(budget, 8)
+        assert ("capped" in at["SD"].note) == (budget > 8)
+    table = plan.describe(specs)
+    assert "beam W=6 L=5 (B=30)" in table and "branching 2-2-2-2 (B=30, L=4)" in table
+
+
+def test_shape_overrides():
+    cfg = fixed_budget.get_config("budgets=21,method=rsd_c+rsd_s,shapes=21@rsd_c:7-2")
+    assert [s.text for s in plan.plan(cfg)] == ["ar", "rsd_c:7-2", "rsd_s:7x3"]
+    with pytest.raises(ValueError, match="B@name:shape"):
+        plan.plan(fixed_budget.get_config("shapes=21-rsd_c:7-2"))
+    with pytest.raises(ValueError, match="budgets are"):
+        plan.plan(fixed_budget.get_config("budgets=6,shapes=21@rsd_c:7-2"))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown sweep"):
+        plan.plan(default.get_config("sweep=sideways"))
+    with pytest.raises(ValueError, match="bare method names"):
+        plan.plan(fixed_length.get_config("method=sd:3"))
+    with pytest.raises(ValueError, match="integers"):
+        plan.plan(fixed_budget.get_config("budgets=six"))
+    with pytest.raises(ValueError, match="names no method"):
+        plan.plan(default.get_config("method=+"))

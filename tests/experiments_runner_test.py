@@ -1,0 +1,171 @@
+"""The speculative job end to end on toy n-gram models through the real engine and runner.
+
+Same code path as real runs (plan -> engine -> JSONL records -> summary, table, plots);
+only the model and prompt sources are injected (``experiments.sources.toy_sources``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import runner, sources
+from experiments.configs import default, fixed_budget, fixed_length
+
+METHODS = "ar+sd:2+spectr:2x2+rsd_s:2x2"
+BASE = f"method={METHODS},dataset=humaneval+summarise,num_prompts=4,max_new_tokens=8"
+BASE += ",progress=false,bootstrap=50"
+
+
+def _run(workdir, arg=BASE, config_module=default, **kw):
+    model_source, prompt_source = sources.toy_sources()
+    config = config_module.get_config(arg)
+    logs = []
+    summary = runner.run(
+        config,
+        workdir,
+        model_source=model_source,
+        prompt_source=prompt_source,
+        log=logs.append,
+        **kw,
+    )
+    return summary, logs
+
+
+def _strip(records: dict) -> dict:
+    return {
+        k: {f: v for f, v in r.items() if f not in runner.TIMING_FIELDS} for k, r in records.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("full")
+    summary, logs = _run(workdir)
+    return workdir, summary, logs
+
+
+def test_outputs_records_summary_table_and_plots(full_run):
+    workdir, summary, logs = full_run
+    records = runner.load_records(workdir / runner.RESULTS)
+    assert len(records) == 4 * 4  # (2 prompts x 2 datasets) x 4 methods
+    for name in ("summary.json", "table.md", "shapes.md", "config.json"):
+        assert (workdir / name).is_file()
+    for png in (
+        "block_efficiency_vs_L.png",
+        "block_efficiency_vs_budget.png",
+        "token_rate_ratio_vs_budget.png",
+    ):
+        assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
+    stored = json.loads((workdir / "summary.json").read_text())
+    assert set(stored["methods"]) == {"ar", "sd:2", "spectr:2x2", "rsd_s:2x2"}
+    for label, e in stored["methods"].items():
+        for key in ("block_efficiency", "mbsu", "token_rate", "token_rate_ratio_vs_ar"):
+            assert e[key] is not None and e[key] > 0, (label, key)
+        lo, hi = e["block_efficiency_ci"]
+        assert lo <= e["block_efficiency"] <= hi
+        assert 1.0 <= e["block_efficiency"] <= e["length"] + 1
+        assert len(e["acceptance_by_depth"]) == e["length"]
+        assert e["target_tokens_per_call"] == pytest.approx(e["budget"] + 1)
+        assert e["mbsu"] == pytest.approx(e["block_efficiency"] / (1 + 0.25 * e["length"]))
+        assert e["quality"]["summarise"]["metric"] == "rouge2_f1"
+    assert stored["methods"]["ar"]["token_rate_ratio_vs_ar"] == pytest.approx(1.0)
+    assert "| RSD-S |" in (workdir / "table.md").read_text()
+    assert any("| RSD-S |" in line for line in logs)
+
+
+def test_resume_after_interrupt_equals_uninterrupted_and_recomputes_nothing(full_run, tmp_path):
+    ref_dir, _, _ = full_run
+    reference = runner.load_records(ref_dir / runner.RESULTS)
+
+    class Interrupt(Exception):
+        pass
+
+    seen = []
+
+    def stop_after_five(record):
+        seen.append(record["key"])
+        if len(seen) == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _run(tmp_path, on_record=stop_after_five)
+    assert len(runner.load_records(tmp_path / runner.RESULTS)) == 5
+    with open(tmp_path / runner.RESULTS, "a") as f:  # a kill mid-write leaves a partial line
+        f.write('{"key": "humaneval/0|sd:2", "tok')
+
+    resumed = []
+    _run(tmp_path, on_record=lambda r: resumed.append(r["key"]))
+    assert set(resumed).isdisjoint(seen)  # nothing finished is recomputed
+    assert len(resumed) == len(reference) - 5
+    lines = (tmp_path / runner.RESULTS).read_text().splitlines()
+    assert len(lines) == len(reference)  # one line per key, no duplicates, no partial line
+    assert _strip(runner.load_records(tmp_path / runner.RESULTS)) == _strip(reference)
+
+    again = []
+    _run(tmp_path, on_record=lambda r: again.append(r))
+    assert again == []  # a finished workdir only re-summarises
+
+
+def test_incompatible_workdir_is_refused(full_run, tmp_path):
+    _run(tmp_path, BASE.replace("num_prompts=4", "num_prompts=2"))
+    with pytest.raises(runner.IncompatibleWorkdirError, match="max_new_tokens: 8 -> 9"):
+        _run(tmp_path, BASE.replace("max_new_tokens=8", "max_new_tokens=9"))
+    with pytest.raises(runner.IncompatibleWorkdirError, match="temperature"):
+        _run(tmp_path, BASE + ",temperature=0.5")
+
+    def never(config):
+        raise AssertionError("an incompatible workdir is refused before loading models")
+
+    with pytest.raises(runner.IncompatibleWorkdirError, match="seed"):
+        runner.run(default.get_config(BASE + ",seed=3"), tmp_path, model_source=never)
+    model_source, prompt_source = sources.toy_sources(vocab=6)  # other models, same config
+    with pytest.raises(runner.IncompatibleWorkdirError, match="models differ"):
+        runner.run(default.get_config(BASE), tmp_path, model_source=model_source, log=len)
+    # More prompts or other methods are compatible: only the new work runs.
+    new = []
+    _run(tmp_path, on_record=lambda r: new.append(r["prompt"]))
+    assert sorted(set(new)) == ["humaneval/1", "summarise/1"]
+
+
+def test_greedy_methods_reproduce_ar(tmp_path):
+    summary, _ = _run(tmp_path, BASE + ",temperature=0")
+    for label, e in summary["methods"].items():
+        assert e["matches_ar"] == 1.0, label
+
+
+@pytest.mark.parametrize(
+    "module,arg,msg",
+    [
+        (default, "method=ar+nope:2", "bad method"),
+        (default, "method=ar+rsd_s", "needs a shape"),
+        (fixed_budget, "budgets=6,shapes=6@rsd_s:2x2", "not the budget 6"),
+        (fixed_budget, "budgets=6+10,method=rsd_s:4x4", "none of the budgets"),
+        (fixed_budget, "budgets=7,method=rsd_c", "no default rsd_c shape"),
+        (fixed_budget, "budgets=6,method=sd:5", "none of the budgets"),
+        (fixed_budget, "budgets=6,shapes=6@sd:4", "does not fit budget"),
+        (fixed_length, "method=foo", "unknown method 'foo'"),
+        (default, "dataset=xsum", "unknown dataset 'xsum'"),
+    ],
+)
+def test_bad_configs_fail_before_loading_models(module, arg, msg, tmp_path):
+    def never(config):
+        raise AssertionError("models must not be loaded for a bad config")
+
+    with pytest.raises(ValueError, match=msg):
+        runner.run(module.get_config(arg), tmp_path, model_source=never, log=lambda m: None)
+
+
+def test_fixed_budget_sweep_runs_and_lists_shapes(tmp_path):
+    arg = "budgets=6+10,method=sd+rsd_s+rsd_c,sd_max_length=6,dataset=humaneval,num_prompts=1"
+    summary, logs = _run(tmp_path, arg + ",max_new_tokens=6,progress=false,bootstrap=20",
+                         fixed_budget)  # fmt: skip
+    shapes = (tmp_path / "shapes.md").read_text()
+    assert "SD capped at L=6 (B=6 < 10)" in shapes and "beam W=5 L=2 (B=10)" in shapes
+    assert "branching 2-2-1 (B=10, L=3)" in shapes
+    labels = set(summary["methods"])
+    assert {"B=6 sd:6", "B=10 sd:6", "B=6 rsd_s:3x2", "B=10 rsd_s:5x2"} <= labels
+    records = runner.load_records(tmp_path / runner.RESULTS)
+    assert sum(r["method"] == "sd:6" for r in records.values()) == 1  # one chain serves both B
+    assert "Shapes used" in logs[0]
