@@ -17,24 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import toy
-from rsd_jax import drafting, methods, metrics, walk
+from rsd_jax import methods, metrics
 
 
 def _round_fn(method, draft, target, prefix):
-    spec, verifier = method.spec, method.verifier
-    order, vocab = target.ndim, target.shape[-1]
-    ctx = jnp.asarray(toy.context_of(prefix[:-1], order, vocab), jnp.int32)
-
     def one(key):
-        k_draft, k_verify = jax.random.split(key)
-        tree, p = drafting.draft_tree(
-            k_draft,
-            spec,
-            prefix[-1],
-            lambda t, level: toy.tree_probs(draft, ctx, t)[spec.level_slice(level)],
-        )
-        q = toy.tree_probs(target, ctx, tree)
-        return walk.verify_tree(k_verify, spec, tree, q, p, verifier)
+        return toy.speculative_round(key, method.spec, method.verifier, draft, target, prefix)[1]
 
     return jax.jit(jax.vmap(one))
 

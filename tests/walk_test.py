@@ -141,16 +141,7 @@ def test_sampled_round_negative_control(spec):
 
 def _round(spec, verifier, draft, target, key):
     dt, tt = jnp.asarray(draft, jnp.float32), jnp.asarray(target, jnp.float32)
-    ctx = jnp.asarray(toy.context_of(PREFIX[:-1], 3, draft.shape[-1]), jnp.int32)
-    k_draft, k_verify = jax.random.split(key)
-    tree, p = drafting.draft_tree(
-        k_draft,
-        spec,
-        PREFIX[-1],
-        lambda t, lvl: toy.tree_probs(dt, ctx, t)[spec.level_slice(lvl)],
-    )
-    q = toy.tree_probs(tt, ctx, tree)
-    return tree, walk.verify_tree(k_verify, spec, tree, q, p, verifier)
+    return toy.speculative_round(key, spec, verifier, dt, tt, PREFIX)
 
 
 def test_rsdc_with_unit_branching_is_sd_exactly():
