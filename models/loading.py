@@ -40,21 +40,29 @@ def load_model(
       ModelFileError: neither a preset nor an existing file/directory; unreadable files.
       HashMismatchError, UnknownArchitectureError: see the loaders.
     """
-    name = str(name_or_path)
-    if name in presets.PRESETS:
-        path = presets.prepare(name) if prepare else presets.preset_path(name)
-    else:
-        path = Path(name).expanduser()
+    path = _resolve(name_or_path, prepare)
     if path.is_dir():
         config, params = hf_loader.load_hf_dir(path, dtype)
         has_tok = (path / "tokenizer.json").is_file()
         return LoadedModel(config, params, tokenizer_lib.from_files(path) if has_tok else None)
-    if not path.is_file():
+    return LoadedModel(*gguf_loader.load_gguf(path, dtype), _gguf_tokenizer(path))
+
+
+def _resolve(name_or_path: str | os.PathLike, prepare: bool) -> Path:
+    """Preset name -> its (prepared) GGUF; otherwise an existing file or directory."""
+    name = str(name_or_path)
+    if name in presets.PRESETS:
+        path = presets.prepare(name) if prepare else presets.preset_path(name)
+        if not path.is_file():
+            raise ModelFileError(f"preset {name!r} is not prepared: python -m models.prepare {name}")
+        return path
+    path = Path(name).expanduser()
+    if not (path.is_dir() or path.is_file()):
         raise ModelFileError(
             f"{name!r} is neither a preset ({', '.join(presets.PRESETS)}) nor an existing "
             ".gguf file or safetensors directory"
         )
-    return LoadedModel(*gguf_loader.load_gguf(path, dtype), _gguf_tokenizer(path))
+    return path
 
 
 def _gguf_tokenizer(path: Path) -> tokenizer_lib.Tokenizer:
@@ -78,11 +86,7 @@ def load_model_info(name_or_path: str | os.PathLike, prepare: bool = True) -> Lo
 
     Cheap enough to run `check_compatible` before loading two large models.
     """
-    name = str(name_or_path)
-    if name in presets.PRESETS:
-        path = presets.prepare(name) if prepare else presets.preset_path(name)
-    else:
-        path = Path(name).expanduser()
+    path = _resolve(name_or_path, prepare)
     if path.is_dir():
         cfg_path = path / "config.json"
         if not cfg_path.is_file():
@@ -91,8 +95,6 @@ def load_model_info(name_or_path: str | os.PathLike, prepare: bool = True) -> Lo
         config = config_lib.from_hf_config(raw, hf_loader.valid_vocab_size(path))
         has_tok = (path / "tokenizer.json").is_file()
         return LoadedModel(config, None, tokenizer_lib.from_files(path) if has_tok else None)
-    if not path.is_file():
-        raise ModelFileError(f"{name!r} is neither a preset nor an existing file or directory")
     config = gguf_loader.cached_config(path)
     if config is None:
         reader, meta = gguf_loader.open_gguf(path)
