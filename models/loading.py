@@ -54,7 +54,7 @@ def _resolve(name_or_path: str | os.PathLike, prepare: bool) -> Path:
     if name in presets.PRESETS:
         path = presets.prepare(name) if prepare else presets.preset_path(name)
         if not path.is_file():
-            raise ModelFileError(f"preset {name!r} is not prepared: python -m models.prepare {name}")
+            raise ModelFileError(f"preset {name!r} not prepared: python -m models.prepare {name}")
         return path
     path = Path(name).expanduser()
     if not (path.is_dir() or path.is_file()):
