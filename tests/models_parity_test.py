@@ -58,7 +58,7 @@ def loaded():
 def _reference(name):
     path = DATA / f"{name}_logits.npz"
     if not path.is_file():
-        pytest.fail(f"reference data {path.name} missing (regenerate: models/tools/make_reference.py)")
+        pytest.fail(f"reference {path.name} missing (regenerate: models/tools/make_reference.py)")
     ref = np.load(path)
     prompts = sorted({k.split("/")[0] for k in ref.files if "/" in k})
     return ref, prompts
@@ -133,7 +133,7 @@ def test_tokenizer_matches_reference(name, first):
     del first
     path = DATA / f"{name}_tokenizer.json"
     if not path.is_file():
-        pytest.fail(f"reference data {path.name} missing (regenerate: models/tools/make_reference.py)")
+        pytest.fail(f"reference {path.name} missing (regenerate: models/tools/make_reference.py)")
     ref = json.loads(path.read_text())
     tok = load_model_info(name).tokenizer
     mismatches = [
