@@ -129,7 +129,12 @@ def restrict_top(q: np.ndarray, p: np.ndarray, top: int):
     Returns:
       ``(q_r, p_r, ids, dropped_q, dropped_p)``: restricted ``[2 top]`` laws, the
       kept ids (sorted), and the mass each law lost (the approximation's size).
+
+    Raises:
+      ValueError: ``2 top > ot_bound.MAX_VOCAB`` (the bound enumerates ``2^(2 top)`` sets).
     """
+    if not 1 <= 2 * top <= ot_bound.MAX_VOCAB:
+        raise ValueError(f"top must be in [1, {ot_bound.MAX_VOCAB // 2}], got {top}")
     top = min(top, q.size)
     ids = np.union1d(np.argsort(-q, kind="stable")[:top], np.argsort(-p, kind="stable")[:top])
     rest = np.ones(q.size, bool)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
 from experiments import ot_gap
 from models import adapter, decoder
@@ -39,6 +40,8 @@ def test_restrict_top_reports_the_dropped_mass():
     assert abs(dq - (1 - q[ids].sum())) < 1e-12 and abs(dp - (1 - p[ids].sum())) < 1e-12
     np.testing.assert_allclose(qr[: ids.size], q[ids] / q[ids].sum())
     assert abs(qr.sum() - 1) < 1e-12 and np.all(pr[ids.size :] == 0)
+    with pytest.raises(ValueError, match="top must be in"):
+        ot_gap.restrict_top(q, p, 11)
 
 
 def test_estimate_on_tiny_random_models():
