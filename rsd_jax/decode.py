@@ -10,7 +10,8 @@ A round, for every row ``b`` of the batch (ALGORITHMS.md sections 5-6):
    the method's strategy (:mod:`rsd_jax.drafting`).
 2. **Verify**: one target call over root + all ``N`` nodes (ancestor mask,
    depth positions) written at slots ``n .. n+N``; the walk of
-   :mod:`rsd_jax.walk` with the method's node verifier.
+   :mod:`rsd_jax.walk` with the method's node verifier, or traversal
+   verification (:mod:`rsd_jax.traversal`) when the method asks for it.
 3. **Commit**: the accepted nodes' KV entries move to slots ``n+1 ..`` in both
    caches; the emitted tokens are appended; the last one is the next root
    (it has no KV yet).
@@ -31,7 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rsd_jax import drafting, kv_cache, methods, transforms, walk
+from rsd_jax import drafting, kv_cache, methods, transforms, traversal, walk
 from rsd_jax import tree as tree_lib
 
 Array = jax.Array
@@ -194,9 +195,15 @@ class Engine:
             kv_cache.set_index(target_cache, n),
         )
         target_probs = self._probs(state, logits)
-        res = jax.vmap(
-            lambda k, t, q, p: walk.verify_tree(k, spec, t, q, p, verifier, self.eos_id)
-        )(k_verify, tree, target_probs, draft_probs)
+        if self.method.traversal:
+            verify_one = functools.partial(traversal.verify_tree, spec=spec, eos_id=self.eos_id)
+        else:
+            verify_one = functools.partial(
+                walk.verify_tree, spec=spec, verifier=verifier, eos_id=self.eos_id
+            )
+        res = jax.vmap(lambda k, t, q, p: verify_one(k, tree=t, target_probs=q, draft_probs=p))(
+            k_verify, tree, target_probs, draft_probs
+        )
 
         accepted = jnp.where(active, res.num_accepted, 0)
         emitted = jnp.where(active, res.num_emitted, 0)

@@ -4,6 +4,12 @@ Adding a method means adding a factory here; nothing in drafting, verification
 or the decoding loop changes. Each method checks that its verifier's proposal
 assumption (i.i.d. siblings or without-replacement siblings) matches how its
 tree is drafted, because a mismatch silently breaks losslessness.
+
+Every tree is verified either node by node from the root (the walk of
+:mod:`rsd_jax.walk` with the method's node verifier) or, with
+``traversal=True``, by sequence-level traversal verification
+(:mod:`rsd_jax.traversal`; block verification on a chain). In the compact
+syntax a ``/tv`` suffix selects traversal: ``"rsd_s:3x2/tv"``, ``"sd:4/tv"``.
 """
 
 from __future__ import annotations
@@ -28,14 +34,22 @@ class Method:
     Attributes:
       name: display name, e.g. ``"RSD-S"``.
       spec: static draft-tree shape.
-      verifier: node verification rule.
+      verifier: node verification rule (the walk's; traversal replaces it).
+      traversal: verify whole paths leaf first (:mod:`rsd_jax.traversal`)
+        instead of walking node by node.
     """
 
     name: str
     spec: tree_lib.TreeSpec
     verifier: verify.NodeVerifier
+    traversal: bool = False
 
     def __post_init__(self):
+        if self.traversal and self.spec.kind == "iid":
+            raise ValueError(
+                "traversal verification needs without-replacement siblings (chain, branching or "
+                "beam trees); i.i.d. trees (MRS/SpecTr) are verified node by node"
+            )
         # A chain has one child per node: both i.i.d. and without-replacement rules apply.
         expected = _PROPOSAL_OF_KIND[self.spec.kind]
         if self.spec.kind != "chain" and self.verifier.proposal != expected:
@@ -55,7 +69,16 @@ class Method:
         return self.spec.depth
 
     def describe(self) -> str:
-        return f"{self.name} [{self.spec.describe()}, verifier={self.verifier.name}]"
+        rule = "traversal" if self.traversal else self.verifier.name
+        return f"{self.name} [{self.spec.describe()}, verifier={rule}]"
+
+
+def with_traversal(method: Method) -> Method:
+    """``method`` verified by traversal (block verification for a chain) instead of node walks."""
+    if method.spec.depth == 0:
+        raise ValueError("AR drafts nothing: there is no tree to verify by traversal")
+    suffix = "BV" if method.spec.kind == "chain" else "TV"
+    return dataclasses.replace(method, name=f"{method.name}/{suffix}", traversal=True)
 
 
 def autoregressive() -> Method:
@@ -120,12 +143,21 @@ def parse(text: str) -> Method:
     """Parses the compact method syntax used in configs.
 
     ``ar``, ``sd:L``, ``mrs:KxL``, ``spectr:KxL``, ``rsd_c:b1-b2-...``, ``rsd_s:WxL``;
-    e.g. ``"rsd_s:3x2"`` is RSD-S with width 3 and depth 2.
+    e.g. ``"rsd_s:3x2"`` is RSD-S with width 3 and depth 2. A ``/tv`` suffix
+    selects traversal verification (``sd``, ``rsd_c``, ``rsd_s`` only).
 
     Raises:
       ValueError: with the accepted syntax, for anything else.
     """
-    syntax = "expected ar, sd:L, mrs:KxL, spectr:KxL, rsd_c:b1-b2-..., rsd_s:WxL"
+    syntax = (
+        "expected ar, sd:L, mrs:KxL, spectr:KxL, rsd_c:b1-b2-..., rsd_s:WxL, "
+        "optionally with /tv (traversal) after sd, rsd_c or rsd_s"
+    )
+    base, slash, rule = text.strip().partition("/")
+    if slash:
+        if rule.strip() != "tv" or base.partition(":")[0] not in ("sd", "rsd_c", "rsd_s"):
+            raise ValueError(f"bad method {text!r}: {syntax}")
+        return with_traversal(parse(base))
     if text.strip() == "ar":
         return autoregressive()
     name, sep, shape = text.strip().partition(":")

@@ -14,6 +14,7 @@ Thresholds are fixed here, in advance, for every test that uses them:
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -23,7 +24,7 @@ from scipy import stats
 
 from models import toy
 from rsd_jax import tree as tree_lib
-from rsd_jax import walk
+from rsd_jax import verify, walk
 
 EXACT_TOL = 1e-9
 ALPHA = 1e-3
@@ -190,10 +191,16 @@ def enumerate_trees(spec: tree_lib.TreeSpec, draft_table, prefix: tuple):
 def exact_round_law(spec, verifier, draft_table, target_table, prefix, chunk=4096):
     """Exact law of one round's emitted sequence: ``{tuple(tokens): prob}``.
 
-    Enumerates every drafted tree, computes each tree's exact walk outcome with
-    :func:`rsd_jax.walk.output_law` (the verifier plans and candidate logic the
-    sampler uses), and aggregates over emitted sequences.
+    Enumerates every drafted tree, computes each tree's exact outcome law and
+    aggregates over emitted sequences. ``verifier`` is a node verifier (the
+    walk's :func:`rsd_jax.walk.output_law`, with the plans and candidate logic
+    the sampler uses) or a whole-tree law function ``(spec, tree, q, p) ->
+    [N+1, V]`` such as :func:`rsd_jax.traversal.output_law`.
     """
+    if isinstance(verifier, verify.NodeVerifier):
+        law_of = functools.partial(walk.output_law, verifier=verifier)
+    else:
+        law_of = verifier
     trees, probs = enumerate_trees(spec, draft_table, prefix)
     order, vocab = draft_table.ndim, draft_table.shape[-1]
     ctx_prefix = jnp.asarray(toy.context_of(tuple(prefix[:-1]), order, vocab), jnp.int32)
@@ -202,7 +209,7 @@ def exact_round_law(spec, verifier, draft_table, target_table, prefix, chunk=409
     def one(tree):
         p = toy.tree_probs(dt, ctx_prefix, tree)
         q = toy.tree_probs(tt, ctx_prefix, tree)
-        return walk.output_law(spec, tree, q, p, verifier)
+        return law_of(spec, tree, q, p)
 
     law_fn = jax.jit(jax.vmap(one))
     parents = spec.static_parents()

@@ -8,6 +8,8 @@ its path.
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -78,7 +80,15 @@ def test_exact_round_negative_controls(spec, bad):
 
 
 def _sampled_codes(spec, verifier, draft, target, n, seed, sbs_truncate=True):
-    """n vmapped rounds; each output continued by target sampling to L+1 ids; codes."""
+    """n vmapped rounds; each output continued by target sampling to L+1 ids; codes.
+
+    ``verifier``: a node verifier (walked) or a whole-tree rule
+    ``(key, spec, tree, q, p) -> WalkResult`` such as traversal verification.
+    """
+    if isinstance(verifier, verify.NodeVerifier):
+        verify_fn = functools.partial(walk.verify_tree, verifier=verifier)
+    else:
+        verify_fn = verifier
     vocab, length = target.shape[-1], spec.depth + 1
     order = target.ndim
     ctx = jnp.asarray(toy.context_of(PREFIX[:-1], order, vocab), jnp.int32)
@@ -92,7 +102,7 @@ def _sampled_codes(spec, verifier, draft, target, n, seed, sbs_truncate=True):
         k_draft, k_verify, k_extend = jax.random.split(key, 3)
         tree, p = drafting.draft_tree(k_draft, spec, PREFIX[-1], draft_fn, sbs_truncate)
         q = toy.tree_probs(tt, ctx, tree)
-        res = walk.verify_tree(k_verify, spec, tree, q, p, verifier)
+        res = verify_fn(k_verify, spec, tree, q, p)
         full = jnp.concatenate([last, res.tokens])
         k = order - 1
         for j in range(length):
