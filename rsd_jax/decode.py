@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from rsd_jax import drafting, kv_cache, methods, transforms, traversal, walk
+from rsd_jax import probes as probe_lib
 from rsd_jax import tree as tree_lib
 
 Array = jax.Array
@@ -48,6 +49,8 @@ class Counters(NamedTuple):
       generated: tokens emitted (may exceed ``max_new_tokens`` by up to ``L``).
       accepted_hist: rounds by number of accepted draft tokens ``0..L``.
       nodes_scored: draft nodes the target scored (budget ``B`` per round).
+      probes: :class:`rsd_jax.probes.RoundProbes` summed over rounds (zeros
+        unless the engine was built with ``probes=True``).
     """
 
     target_calls: Array
@@ -55,6 +58,7 @@ class Counters(NamedTuple):
     generated: Array
     accepted_hist: Array
     nodes_scored: Array
+    probes: probe_lib.RoundProbes
 
 
 class DecodeState(NamedTuple):
@@ -101,6 +105,8 @@ class Engine:
       valid_vocab_size: ids ``>=`` this get probability 0 (vocabulary padding).
       eos_id: end-of-sequence id, -1 for none.
       sbs_truncate: keep True (False only for tests of SBS).
+      probes: also compute the exact diagnostics of :mod:`rsd_jax.probes`
+        every round (costs two outcome laws per row; off for timing runs).
     """
 
     method: methods.Method
@@ -110,6 +116,7 @@ class Engine:
     valid_vocab_size: int | None = None
     eos_id: int = -1
     sbs_truncate: bool = True
+    probes: bool = False
 
     def __post_init__(self):
         if self.method.spec.depth > 0 and self.draft_apply is None:
@@ -227,7 +234,21 @@ class Engine:
             generated=generated,
             accepted_hist=c.accepted_hist.at[rows, accepted].add(one),
             nodes_scored=c.nodes_scored + one * num_nodes,
+            probes=c.probes,
         )
+        if self.probes and depth > 0:
+            found = jax.vmap(lambda t, q, p, r: probe_lib.round_probes(spec, verifier, t, q, p, r))(
+                tree, target_probs, draft_probs, res
+            )
+            counters = counters._replace(
+                probes=jax.tree.map(
+                    lambda acc, x: (
+                        acc + jnp.where(active.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
+                    ),
+                    c.probes,
+                    found,
+                )
+            )
         done = state.done | (active & (res.hit_eos | (generated >= state.max_new)))
         return state._replace(
             tokens=tokens,

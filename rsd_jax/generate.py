@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsd_jax import decode, kv_cache, methods, transforms
+from rsd_jax import probes as probe_lib
 
 Array = jax.Array
 _DEFAULT_SAMPLING = transforms.SamplingParams()
@@ -149,6 +150,7 @@ def init_state(
             generated=zeros(),
             accepted_hist=jnp.zeros((batch, engine.method.spec.depth + 1), jnp.int32),
             nodes_scored=zeros(),
+            probes=probe_lib.zeros(engine.method.spec, batch),
         ),
         temperature=jnp.float32(sampling.temperature),
         top_k=jnp.int32(sampling.top_k),
@@ -252,6 +254,7 @@ def generate(
     keys: Array | None = None,
     bucket: int | None = None,
     driver: str = "while",
+    probes: bool = False,
 ) -> Result:
     """Generates from ``target`` with any lossless method, drafting with ``draft``.
 
@@ -269,6 +272,8 @@ def generate(
       keys: ``[B, 2]`` explicit per-row keys (batch-invariant outputs).
       bucket: pad prompts to this length (prompts in one bucket share a compile).
       driver: ``"while"`` (one compiled loop) or ``"python"`` (round by round).
+      probes: also accumulate the exact diagnostics of :mod:`rsd_jax.probes`
+        in ``Result.counters.probes`` (slower; not for timing).
 
     Returns:
       A :class:`Result`.
@@ -288,6 +293,7 @@ def generate(
         vocab_size=target.vocab_size,
         valid_vocab_size=valid_vocab_size,
         eos_id=eos_id,
+        probes=probes,
     )
     padded, lengths = pad_prompts(prompts, bucket)
     if keys is None:

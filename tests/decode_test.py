@@ -28,6 +28,9 @@ METHODS = [
     "rsd_c:2-1-1",
     "rsd_s:3x2",
     "rsd_s:2x3",
+    "sd:3/tv",
+    "rsd_c:2-1-1/tv",
+    "rsd_s:3x2/tv",
 ]
 GREEDY = transforms.SamplingParams(temperature=0.0)
 
