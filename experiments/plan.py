@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from experiments import shape_search
 from rsd_jax import methods
 
 NAMES = ("sd", "mrs", "spectr", "rsd_c", "rsd_s")
@@ -78,8 +79,17 @@ def _ints(text: str, key: str) -> list[int]:
 
 
 def _check_name(item: str) -> None:
-    if item != "ar" and item not in NAMES:
+    base, slash, rule = item.partition("/")
+    if slash and (rule != "tv" or base not in ("sd", "rsd_c", "rsd_s")):
+        raise ValueError(f"bad method {item!r}: only sd, rsd_c and rsd_s take /tv (traversal)")
+    if base != "ar" and base not in NAMES:
         raise ValueError(f"unknown method {item!r}; choose from ar, {', '.join(NAMES)}")
+
+
+def _split(item: str) -> tuple[str, str]:
+    """``"rsd_c/tv"`` -> ``("rsd_c", "/tv")``; ``"sd"`` -> ``("sd", "")``."""
+    base, slash, rule = item.partition("/")
+    return base, slash + rule
 
 
 def _with_ar(specs: list[RunSpec]) -> list[RunSpec]:
@@ -88,8 +98,14 @@ def _with_ar(specs: list[RunSpec]) -> list[RunSpec]:
     return [_spec("ar")] + rest
 
 
-def plan(config) -> list[RunSpec]:
+def plan(config, calibration=None) -> list[RunSpec]:
     """The run specs of ``config`` (AR always first).
+
+    Args:
+      config: the job's config.
+      calibration: with ``shape=auto``, the measured
+        :class:`experiments.shape_search.AcceptanceTable`; each budget then also gets
+        the RSD-C shape it predicts best (without it, only the other specs are listed).
 
     Raises:
       ValueError: unknown method, malformed shape, unknown sweep, or a shape that does
@@ -97,6 +113,10 @@ def plan(config) -> list[RunSpec]:
     """
     sweep = config.sweep
     items = _items(config.method)
+    if config.shape not in ("", "auto"):
+        raise ValueError(f"config key 'shape' must be '' or 'auto', got {config.shape!r}")
+    if config.shape == "auto" and sweep != "budget":
+        raise ValueError("shape=auto chooses shapes per target budget: it needs sweep=budget")
     if sweep == "none":
         specs = []
         for item in items:
@@ -110,7 +130,10 @@ def plan(config) -> list[RunSpec]:
         return _with_ar(_length_sweep(items, _ints(config.lengths, "lengths"), config.width))
     if sweep == "budget":
         budgets = _ints(config.budgets, "budgets")
-        return _with_ar(_budget_sweep(items, budgets, config.sd_max_length, config.shapes))
+        specs = _budget_sweep(items, budgets, config.sd_max_length, config.shapes)
+        if config.shape == "auto" and calibration is not None:
+            specs += auto_specs(calibration, budgets, config.auto_max_depth, config.auto_draft_cost)
+        return _with_ar(specs)
     raise ValueError(f"unknown sweep {sweep!r}; choose none, length or budget")
 
 
@@ -140,7 +163,8 @@ def _length_sweep(items, lengths, width) -> list[RunSpec]:
                     "shapes follow from L and 'width'"
                 )
             _check_name(item)
-            text = length_shape(item, length, width)
+            name, rule = _split(item)
+            text = length_shape(name, length, width) + rule
             specs.append(_spec(text, f"L={length} {text}", length))
     return specs
 
@@ -209,19 +233,32 @@ def _budget_sweep(items, budgets, sd_max_length, shapes) -> list[RunSpec]:
             specs.extend(budget_spec(item, b, sd_max_length) for b in fits)
             continue
         _check_name(item)
+        name, rule = _split(item)
         for budget in budgets:
-            if (budget, item) in overrides:
-                text = overrides[(budget, item)]
-            elif item == "sd":
-                text = f"sd:{min(budget, sd_max_length)}"
+            if (budget, name) in overrides:
+                text = overrides[(budget, name)] + rule
+            elif name == "sd":
+                text = f"sd:{min(budget, sd_max_length)}{rule}"
             elif budget in BUDGET_SHAPES:
-                text = f"{item}:{BUDGET_SHAPES[budget][item]}"
+                text = f"{name}:{BUDGET_SHAPES[budget][name]}{rule}"
             else:
                 raise ValueError(
                     f"no default {item} shape for budget B={budget} (defaults exist for "
                     f"{sorted(BUDGET_SHAPES)}); give one with shapes={budget}@{item}:..."
                 )
             specs.append(budget_spec(text, budget, sd_max_length))
+    return specs
+
+
+def auto_specs(calibration, budgets, max_depth: int, draft_cost: float) -> list[RunSpec]:
+    """Per budget, the RSD-C branching :func:`shape_search.best_branching` predicts best."""
+    specs = []
+    for budget in budgets:
+        shape, value, _ = shape_search.best_branching(calibration, budget, max_depth, draft_cost)
+        text = "rsd_c:" + "-".join(str(b) for b in shape)
+        what = "block efficiency" if draft_cost == 0 else f"eta/(1+{draft_cost:g}L)"
+        note = f"shape=auto (predicted {what} {value:.3f})"
+        specs.append(_spec(text, f"B={budget} auto {text}", budget, note))
     return specs
 
 

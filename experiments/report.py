@@ -145,6 +145,7 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
                 entry["matches_ar"] = float(
                     np.mean([x["tokens"] == a["tokens"] for x, a in paired])
                 )
+        entry |= _probe_metrics(recs, calls, idx)
         for ds in dict.fromkeys(x["dataset"] for x in recs):
             sub = [x for x in recs if x["dataset"] == ds]
             entry["per_dataset"][ds] = {
@@ -163,6 +164,50 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
         "not a human reference; a consistency check across methods",
         "methods": entries,
     }
+
+
+def _probe_metrics(recs, calls, idx) -> dict:
+    """Exact expected tokens per call on the drafted trees (runs with ``probes=True``).
+
+    ``expected_eta_walk`` / ``expected_eta_traversal``: sums over rounds of each rule's
+    exact expectation on the tree actually drafted, over target calls; their ratio
+    ``traversal_gain`` is a paired comparison on identical trees (bootstrap over prompts).
+    """
+    if not all(x.get("expected_tokens_walk") is not None for x in recs):
+        return {}
+    walk = [x["expected_tokens_walk"] for x in recs]
+    out = {}
+    out["expected_eta_walk"], out["expected_eta_walk_ci"] = ratio_ci(walk, calls, idx)
+    if all(x.get("expected_tokens_traversal") is not None for x in recs):
+        tv = [x["expected_tokens_traversal"] for x in recs]
+        out["expected_eta_traversal"], out["expected_eta_traversal_ci"] = ratio_ci(tv, calls, idx)
+        out["traversal_gain"], out["traversal_gain_ci"] = ratio_ci(tv, walk, idx)
+    return out
+
+
+def format_probe_table(summary: dict) -> str:
+    """Markdown: exact expected tokens per call of walk vs traversal on the same trees."""
+    rows = [e for e in summary["methods"].values() if "expected_eta_walk" in e]
+    if not rows:
+        return ""
+    lines = [
+        "| method | shape | sampled block efficiency | exact E[tokens/call], node walk | "
+        "exact E[tokens/call], traversal | traversal / walk |",
+        "|" + "---|" * 6,
+    ]
+    for e in rows:
+        lines.append(
+            f"| {e['name']} | {e['shape']} | "
+            f"{_fmt(e['block_efficiency'], e['block_efficiency_ci'])} | "
+            f"{_fmt(e['expected_eta_walk'], e['expected_eta_walk_ci'])} | "
+            f"{_fmt(e.get('expected_eta_traversal'), e.get('expected_eta_traversal_ci'))} | "
+            f"{_fmt(e.get('traversal_gain'), e.get('traversal_gain_ci'), 4)} |"
+        )
+    lines.append(
+        "\nExact expectations are computed each round on the tree that was drafted (both rules "
+        "see identical trees); the sampled column is what the method's own rule produced."
+    )
+    return "\n".join(lines)
 
 
 def _fmt(x, ci=None, digits=3) -> str:
@@ -197,6 +242,9 @@ def format_table(summary: dict) -> str:
             f"{_fmt(rouge.get('mean'), rouge.get('ci'))} | "
             f"{_fmt(bleu.get('mean'), bleu.get('ci'), 1)} | {note} |"
         )
+    probe_table = format_probe_table(summary)
+    if probe_table:
+        lines.append("\n" + probe_table)
     n = max((e["num_prompts"] for e in summary["methods"].values()), default=0)
     lines.append(
         f"\n{n} prompts; r = {summary['r']:.4f}; B = draft nodes scored per target call (root "
