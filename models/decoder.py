@@ -128,12 +128,26 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array, layout: str) -> jax
     return out.astype(x.dtype)
 
 
+def write_rows(cache: jax.Array, layer: int, slots: jax.Array, new: jax.Array) -> jax.Array:
+    """cache [L,B,S,K,E] with new [B,T,K,E] written at `layer`, row b, slots[b] ([B,T]).
+
+    Out-of-range slots are dropped, never clamped onto valid ones. Vmapped over the batch,
+    so the scatter carries B as a batch dimension: with B split over devices, each device
+    writes its own rows without communication.
+    """
+
+    def row(c, s, n):  # [L,S,K,E], [T], [T,K,E]
+        return c.at[layer, s].set(n.astype(c.dtype), mode="drop")
+
+    return jax.vmap(row, in_axes=(1, 0, 0), out_axes=1)(cache, slots, new)
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sin, cos, mask, k_all, v_all, layer, rows, slots):
-        """x [B,T,D]; mask [B,T,S]; k_all/v_all [L,B,S,K,E]; rows/slots [B,T] write indices."""
+    def __call__(self, x, sin, cos, mask, k_all, v_all, layer, slots):
+        """x [B,T,D]; mask [B,T,S]; k_all/v_all [L,B,S,K,E]; slots [B,T] write indices."""
         c = self.config
         dt = jnp.dtype(c.dtype)
         dense = functools.partial(nn.Dense, dtype=dt, param_dtype=dt)
@@ -144,10 +158,9 @@ class Attention(nn.Module):
         q = apply_rope(q.reshape(b, t, c.heads, c.head_dim), sin, cos, c.rope_layout)
         k = apply_rope(k.reshape(b, t, c.kv_heads, c.head_dim), sin, cos, c.rope_layout)
         v = v.reshape(b, t, c.kv_heads, c.head_dim)
-        # Scatter the new keys/values to their slots; out-of-range slots are dropped, never
-        # clamped onto valid ones (eager callers get PromptTooLongError before this).
-        k_all = k_all.at[layer, rows, slots].set(k.astype(k_all.dtype), mode="drop")
-        v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype), mode="drop")
+        # Eager callers get PromptTooLongError before an out-of-range write.
+        k_all = write_rows(k_all, layer, slots, k)
+        v_all = write_rows(v_all, layer, slots, v)
         keys, values = k_all[layer].astype(dt), v_all[layer].astype(dt)  # [B, S, K, E]
         g = c.heads // c.kv_heads
         q = q.reshape(b, t, c.kv_heads, g, c.head_dim)
@@ -176,12 +189,10 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sin, cos, mask, k_all, v_all, layer, rows, slots):
+    def __call__(self, x, sin, cos, mask, k_all, v_all, layer, slots):
         c = self.config
         h = RMSNorm(c.rms_eps, jnp.dtype(c.dtype), name="attn_norm")(x)
-        h, k_all, v_all = Attention(c, name="attn")(
-            h, sin, cos, mask, k_all, v_all, layer, rows, slots
-        )
+        h, k_all, v_all = Attention(c, name="attn")(h, sin, cos, mask, k_all, v_all, layer, slots)
         x = x + h
         x = x + MLP(c, name="mlp")(RMSNorm(c.rms_eps, jnp.dtype(c.dtype), name="mlp_norm")(x))
         return x, k_all, v_all
@@ -196,16 +207,15 @@ class Decoder(nn.Module):
     def __call__(self, tokens, positions, attention_mask, cache: KVCache):
         c = self.config
         dt = jnp.dtype(c.dtype)
-        b, t = tokens.shape
+        t = tokens.shape[1]
         embed = nn.Embed(c.vocab_size, c.hidden, dtype=dt, param_dtype=dt, name="embed")
         x = embed(tokens)  # [B, T, D]
         sin, cos = rope_angles(positions, c.head_dim, c.rope_theta)
-        rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
         slots = cache.index[:, None] + jnp.arange(t)[None, :]  # [B, T]
         k_all, v_all = cache.k, cache.v
         for i in range(c.layers):
             x, k_all, v_all = Block(c, name=f"layers_{i}")(
-                x, sin, cos, attention_mask, k_all, v_all, i, rows, slots
+                x, sin, cos, attention_mask, k_all, v_all, i, slots
             )
         x = RMSNorm(c.rms_eps, dt, name="final_norm")(x)
         if c.tied_embeddings:
