@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from models import decoder
+from models import decoder, sharding
 
 
 def to_rsd_model(model):
@@ -14,7 +14,8 @@ def to_rsd_model(model):
     adapters of the same config share one function and thus one jit cache entry.
 
     Returns:
-      rsd_jax.generate.Model(apply, params, init_cache(batch, capacity), vocab_size).
+      rsd_jax.generate.Model(apply, params, init_cache(batch, capacity), vocab_size,
+      sharding), `sharding` being the tensor-parallel rules of `models.sharding`.
     """
     from rsd_jax.generate import Model
 
@@ -24,4 +25,5 @@ def to_rsd_model(model):
         params=model.params,
         init_cache=functools.partial(decoder.init_cache, config),
         vocab_size=config.vocab_size,
+        sharding=sharding.model_sharding(config),
     )

@@ -7,7 +7,8 @@
 
 Both jit with the state **donated** (its buffers are reused in place), and both
 are cached per :class:`~rsd_jax.decode.Engine`, so repeated calls with the same
-shapes never retrace.
+shapes never retrace. With a :class:`~rsd_jax.sharding.Layout` (or ``mesh=`` in
+:func:`generate`) they run the same step SPMD over a device mesh.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rsd_jax import decode, kv_cache, methods, transforms
+from rsd_jax import decode, kv_cache, methods, sharding, transforms
 from rsd_jax import probes as probe_lib
 
 Array = jax.Array
@@ -36,12 +37,15 @@ class Model(NamedTuple):
       params: its parameters (a pytree; passed as a jit argument, never baked in).
       init_cache: ``(batch, capacity) -> cache`` following the rsd_jax cache protocol.
       vocab_size: logits width ``V``.
+      sharding: optional ``(params, mesh) -> rsd_jax.sharding.ModelSharding``, the
+        model's partition rules for multi-device runs (None: replicated params).
     """
 
     apply: Callable
     params: Any
     init_cache: Callable
     vocab_size: int
+    sharding: Callable | None = None
 
 
 class Result(NamedTuple):
@@ -78,7 +82,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int | None = None):
 
 
 @functools.lru_cache(maxsize=64)
-def _prefill_fn(apply):
+def _prefill_fn(apply, layout=None, spec=None):
     def prefill(params, cache, prompts):
         b, p = prompts.shape
         cap = kv_cache.capacity(cache)
@@ -86,6 +90,8 @@ def _prefill_fn(apply):
         positions = jnp.broadcast_to(jnp.arange(p)[None, :], (b, p))
         mask = kv_cache.causal_prefix_mask(start, p, cap)
         _, cache = apply(params, prompts, positions, mask, kv_cache.set_index(cache, start))
+        if layout is not None:
+            cache = jax.lax.with_sharding_constraint(cache, layout.cache_shardings(cache, spec))
         return cache
 
     return jax.jit(prefill, donate_argnums=(1,))
@@ -100,6 +106,7 @@ def init_state(
     keys: Array,
     max_new_tokens: int,
     sampling: transforms.SamplingParams = _DEFAULT_SAMPLING,
+    layout: sharding.Layout | None = None,
 ) -> decode.DecodeState:
     """Allocates buffers and caches and prefills both models with the prompts.
 
@@ -112,8 +119,12 @@ def init_state(
       keys: ``[B, 2]`` per-row PRNG keys.
       max_new_tokens: generation budget (static: sizes the buffers).
       sampling: temperature / top-k / top-p, shared by draft and target.
+      layout: place the state on a mesh (caches created sharded; the models'
+        params should already be placed, see :func:`rsd_jax.sharding.place_model`).
     """
     batch, bucket = prompts.shape
+    if layout is not None:
+        layout.check_batch(batch)
     lengths = np.asarray(prompt_len)
     minimum = 2 if engine.method.spec.depth > 0 else 1
     if lengths.min() < minimum:
@@ -122,19 +133,24 @@ def init_state(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     buffer, capacity = engine.capacities(bucket, max_new_tokens)
     tokens = jnp.zeros((batch, buffer), jnp.int32).at[:, :bucket].set(prompts)
-    target_cache = _prefill_fn(target.apply)(
-        target.params, target.init_cache(batch, capacity), prompts
-    )
+
+    def prefilled(model, spec):
+        if layout is None:
+            return _prefill_fn(model.apply)(
+                model.params, model.init_cache(batch, capacity), prompts
+            )
+        cache = layout.new_cache(model.init_cache, batch, capacity, spec)
+        return _prefill_fn(model.apply, layout, spec)(model.params, cache, prompts)
+
+    target_cache = prefilled(target, None if layout is None else layout.target_cache)
     draft_cache = None
     if engine.method.spec.depth > 0:
-        draft_cache = _prefill_fn(draft.apply)(
-            draft.params, draft.init_cache(batch, capacity), prompts
-        )
+        draft_cache = prefilled(draft, None if layout is None else layout.draft_cache)
 
     def zeros():  # distinct buffers: the state is donated, so no two fields may alias
         return jnp.zeros((batch,), jnp.int32)
 
-    return decode.DecodeState(
+    state = decode.DecodeState(
         tokens=tokens,
         length=jnp.asarray(prompt_len, jnp.int32) - 1,
         prompt_len=jnp.array(prompt_len, jnp.int32, copy=True),  # donated: never alias inputs
@@ -156,6 +172,7 @@ def init_state(
         top_k=jnp.int32(sampling.top_k),
         top_p=jnp.float32(sampling.top_p),
     )
+    return state if layout is None else layout.place(state)
 
 
 def repeat_rows(state: decode.DecodeState, repeats: int, keys: Array) -> decode.DecodeState:
@@ -196,31 +213,39 @@ def repeat_rows(state: decode.DecodeState, repeats: int, keys: Array) -> decode.
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_step(engine: decode.Engine):
-    """``step(state, target_params, draft_params) -> state``, jitted, state donated."""
-    return jax.jit(engine.step, donate_argnums=(0,))
+def jitted_step(engine: decode.Engine, layout: sharding.Layout | None = None):
+    """``step(state, target_params, draft_params) -> state``, jitted, state donated.
+
+    With a ``layout`` the state is held to it in and out (params keep their placement).
+    """
+    step = engine.step if layout is None else layout.wrap(engine.step)
+    return jax.jit(step, donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=64)
-def _loop_fn(engine: decode.Engine):
+def _loop_fn(engine: decode.Engine, layout: sharding.Layout | None = None):
+    step = engine.step if layout is None else layout.wrap(engine.step)
+
     def loop(state, target_params, draft_params):
         return jax.lax.while_loop(
             lambda s: ~jnp.all(s.done),
-            lambda s: engine.step(s, target_params, draft_params),
+            lambda s: step(s, target_params, draft_params),
             state,
         )
 
     return jax.jit(loop, donate_argnums=(0,))
 
 
-def run(engine, state, target_params, draft_params) -> decode.DecodeState:
+def run(engine, state, target_params, draft_params, layout=None) -> decode.DecodeState:
     """Runs rounds in one compiled ``lax.while_loop`` until every row is done (state donated)."""
-    return _loop_fn(engine)(state, target_params, draft_params)
+    return _loop_fn(engine, layout)(state, target_params, draft_params)
 
 
-def iterate(engine, state, target_params, draft_params) -> Iterator[decode.DecodeState]:
+def iterate(
+    engine, state, target_params, draft_params, layout=None
+) -> Iterator[decode.DecodeState]:
     """Yields the state after each round until every row is done (state donated)."""
-    step = jitted_step(engine)
+    step = jitted_step(engine, layout)
     while not bool(jnp.all(state.done)):
         state = step(state, target_params, draft_params)
         yield state
@@ -255,6 +280,7 @@ def generate(
     bucket: int | None = None,
     driver: str = "while",
     probes: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Result:
     """Generates from ``target`` with any lossless method, drafting with ``draft``.
 
@@ -274,6 +300,11 @@ def generate(
       driver: ``"while"`` (one compiled loop) or ``"python"`` (round by round).
       probes: also accumulate the exact diagnostics of :mod:`rsd_jax.probes`
         in ``Result.counters.probes`` (slower; not for timing).
+      mesh: run SPMD on a ``("data", "model")`` mesh (:func:`rsd_jax.sharding.make_mesh`):
+        the batch (``len(prompts)``, a multiple of the data axis) is split over
+        ``"data"``, the models by their ``Model.sharding`` rules over ``"model"``.
+        Params are placed here; place them once with
+        :func:`rsd_jax.sharding.place_model` to avoid a copy per call.
 
     Returns:
       A :class:`Result`.
@@ -295,15 +326,22 @@ def generate(
         eos_id=eos_id,
         probes=probes,
     )
+    layout = None
+    if mesh is not None:
+        layout = sharding.Layout.for_models(mesh, target, draft)
+        layout.check_batch(len(prompts))
+        target, draft = sharding.place_model(target, mesh), sharding.place_model(draft, mesh)
     padded, lengths = pad_prompts(prompts, bucket)
     if keys is None:
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(prompts)))
-    state = init_state(engine, target, draft, padded, lengths, keys, max_new_tokens, sampling)
+    state = init_state(
+        engine, target, draft, padded, lengths, keys, max_new_tokens, sampling, layout
+    )
     draft_params = None if draft is None else draft.params
     if driver == "while":
-        state = run(engine, state, target.params, draft_params)
+        state = run(engine, state, target.params, draft_params, layout)
     else:
-        for new_state in iterate(engine, state, target.params, draft_params):
+        for new_state in iterate(engine, state, target.params, draft_params, layout):
             state = new_state
     counters = jax.tree.map(np.asarray, state.counters)
     return Result(tokens=generated_tokens(state, eos_id), counters=counters, state=state)
