@@ -34,7 +34,7 @@ import numpy as np
 
 from experiments import plan as plan_lib
 from experiments import report, sources
-from rsd_jax import decode, methods, transforms
+from rsd_jax import decode, methods, sharding, transforms
 from rsd_jax import generate as gen
 
 RESULTS, CONFIG, SUMMARY, TABLE, SHAPES = (
@@ -132,8 +132,9 @@ def _bucket(prompts) -> int:
 class _Generator:
     """Generates one prompt with one method, timed (compiles on a warm-up first)."""
 
-    def __init__(self, bundle: sources.Bundle, method, bucket: int, max_new: int):
+    def __init__(self, bundle: sources.Bundle, method, bucket: int, max_new: int, layout=None):
         self.bundle, self.method, self.bucket, self.max_new = bundle, method, bucket, max_new
+        self.layout = layout  # rsd_jax.sharding.Layout when running on a mesh
         draft = bundle.draft if method.draft_calls > 0 else None
         self.draft = draft
         self.engine = decode.Engine(
@@ -151,21 +152,31 @@ class _Generator:
         sampling = transforms.SamplingParams(temperature=prompt.temperature, top_p=prompt.top_p)
         b = self.bundle
         return gen.init_state(
-            self.engine, b.target, self.draft, padded, lengths, key[None], self.max_new, sampling
+            self.engine,
+            b.target,
+            self.draft,
+            padded,
+            lengths,
+            key[None],
+            self.max_new,
+            sampling,
+            self.layout,
         )
 
     def warm_up(self, prompt: sources.EncodedPrompt) -> None:
         state = self._init(prompt, jax.random.PRNGKey(0))
         state = state._replace(done=~state.done)  # the loop compiles but runs no round
         jax.block_until_ready(
-            gen.run(self.engine, state, self.bundle.target.params, self.draft_params)
+            gen.run(self.engine, state, self.bundle.target.params, self.draft_params, self.layout)
         )
 
     def __call__(self, prompt: sources.EncodedPrompt, key) -> dict:
         start = time.perf_counter()
         state = jax.block_until_ready(self._init(prompt, key))
         mid = time.perf_counter()
-        state = gen.run(self.engine, state, self.bundle.target.params, self.draft_params)
+        state = gen.run(
+            self.engine, state, self.bundle.target.params, self.draft_params, self.layout
+        )
         state = jax.block_until_ready(state)
         end = time.perf_counter()
         tokens = gen.generated_tokens(state, self.bundle.eos_id)[0]
@@ -185,6 +196,22 @@ class _Generator:
             decode_seconds=end - mid,
             seconds=end - start,
         )
+
+
+def _mesh_sizes(config) -> tuple[int, int] | None:
+    """``config.mesh`` as (data, model), or None; checked before any model is loaded."""
+    sizes = sharding.parse_mesh(config.mesh)
+    if sizes is not None and sizes[0] != 1:
+        raise ValueError(
+            f"mesh {config.mesh!r}: the speculative job decodes one prompt at a time, so the "
+            f"data axis must be 1; use mesh=1x{sizes[0] * sizes[1]} (tensor parallel)"
+        )
+    if sizes is not None and sizes[0] * sizes[1] != jax.device_count():
+        raise ValueError(
+            f"mesh {config.mesh!r} needs {sizes[0] * sizes[1]} devices, "
+            f"{jax.device_count()} are available"
+        )
+    return sizes
 
 
 def _progress(total: int, enabled: bool):
@@ -232,6 +259,7 @@ def run(
       IncompatibleWorkdirError: see :func:`check_workdir`.
     """
     specs = plan_lib.plan(config)  # validates methods and budgets before loading anything
+    mesh_sizes = _mesh_sizes(config)
     sources.dataset_names(config)
     workdir = Path(workdir)
     check_workdir(workdir, config, None)  # fail fast, before loading models
@@ -240,6 +268,15 @@ def run(
     start = time.perf_counter()
     bundle = (model_source or sources.real_models)(config)
     check_workdir(workdir, config, bundle.info)
+    layout = None
+    if mesh_sizes is not None:
+        mesh = sharding.make_mesh(*mesh_sizes)
+        bundle = bundle._replace(
+            target=sharding.place_model(bundle.target, mesh),
+            draft=sharding.place_model(bundle.draft, mesh),
+        )
+        layout = sharding.Layout.for_models(mesh, bundle.target, bundle.draft)
+        log(f"mesh {mesh_sizes[0]}x{mesh_sizes[1]} (data x model) over {mesh.devices.size} devices")
     (workdir / SHAPES).write_text(shapes + "\n")
     log(
         f"models ready in {time.perf_counter() - start:.1f}s: {bundle.info.get('target')} <- "
@@ -267,7 +304,7 @@ def run(
             if text not in generators:  # compile on first use (warm-up, untimed)
                 bar.set_description(f"compiling {text}")
                 generators[text] = _Generator(
-                    bundle, methods.parse(text), bucket, config.max_new_tokens
+                    bundle, methods.parse(text), bucket, config.max_new_tokens, layout
                 )
                 generators[text].warm_up(p)
             runner = generators[text]

@@ -72,6 +72,7 @@ SPECULATIVE_DEFAULTS = dict(
     bootstrap=1000,  # bootstrap resamples for confidence intervals (over prompts)
     progress=True,
     plots=True,
+    mesh="",  # DATAxMODEL devices, e.g. 1x8 (data 1: one prompt at a time); "" = one device
 )
 
 
