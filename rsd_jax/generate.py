@@ -343,5 +343,9 @@ def generate(
     else:
         for new_state in iterate(engine, state, target.params, draft_params, layout):
             state = new_state
-    counters = jax.tree.map(np.asarray, state.counters)
-    return Result(tokens=generated_tokens(state, eos_id), counters=counters, state=state)
+    host = state  # what is read back: whole on every host where the batch is split
+    if layout is not None:
+        fields = ("tokens", "prompt_len", "max_new", "counters")
+        host = state._replace(**layout.replicated({k: getattr(state, k) for k in fields}))
+    counters = jax.tree.map(np.asarray, host.counters)
+    return Result(tokens=generated_tokens(host, eos_id), counters=counters, state=state)

@@ -203,6 +203,11 @@ class Layout:
 
         return sharded_step
 
+    def replicated(self, tree):
+        """``tree`` copied whole to every device (so every host can read it, e.g. with
+        ``np.asarray``, even where the batch spans hosts)."""
+        return jax.jit(lambda x: x, out_shardings=self._named(P()))(tree)
+
     def new_cache(self, init_cache: Callable, batch: int, capacity: int, spec: P):
         """``init_cache(batch, capacity)`` created directly in its sharded layout."""
         self.check_batch(batch)
