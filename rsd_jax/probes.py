@@ -88,9 +88,7 @@ def round_probes(
     if spec.kind == "iid":
         tv_eta = jnp.asarray(jnp.nan, dtype)
     else:
-        tv_eta = _expected_tokens(
-            traversal.output_law(spec, tree, target_probs, draft_probs), tree.depth
-        )
+        tv_eta = traversal.expected_tokens(spec, tree, target_probs, draft_probs)
     depth, width = max(spec.depth, 1), max(spec.max_children, 1)
     rank_accept = jnp.zeros((depth, width), dtype)
     rank_count = jnp.zeros((depth, width), jnp.int32)

@@ -31,8 +31,12 @@ sampling (RRS) exactly; at the root ``alpha = 1`` throughout.
 Because every test before the accepted one is a rejection, the state each
 test sees is deterministic: one forced-rejection pass (static ``2N + 1``
 steps) yields every node's test probability ``alpha(v)``, test-time residual
-``r_v`` and test order (post-order). Sampling then only needs one uniform
-per node, and the exact law of the outcome needs no enumeration of branches.
+``r_v`` and test order (post-order). Sampling draws one uniform per node up
+front and keeps the residual of the first node (in test order) whose uniform
+is below its ``alpha``; the exact law needs no enumeration of branches. Only
+the nodes on the current depth-first path change, so the pass keeps residuals
+and draft laws per depth (``[L+1, V]``), which keeps it cheap at real
+vocabulary sizes.
 """
 
 from __future__ import annotations
@@ -54,14 +58,20 @@ class TraversalPlan(NamedTuple):
     Attributes:
       alpha: ``[N+1]`` acceptance probability of each node's test (root: 1;
         invalid slots: 0).
-      residual: ``[N+1, V]`` law of the token emitted when the node is accepted.
       order: ``[N+1]`` post-order position of each node's test (invalid slots:
         ``N + 1``, after every real test).
+      residual: ``[N+1, V]`` law of the token emitted when the node is accepted
+        (only with ``keep_residuals``, else None).
+      accepted: with ``uniforms``, the accepted node: the first in test order
+        whose uniform falls below its ``alpha`` (else None).
+      emit_law: with ``uniforms``, the accepted node's residual ``[V]`` (else None).
     """
 
     alpha: Array
-    residual: Array
     order: Array
+    residual: Array | None = None
+    accepted: Array | None = None
+    emit_law: Array | None = None
 
 
 def _child_weight(alpha_parent: Array, r_x: Array, d_x: Array) -> Array:
@@ -75,21 +85,38 @@ def _remove(law: Array, token: Array) -> Array:
     return verify.normalize(law.at[token].set(0.0), law)
 
 
-def traversal_plan(tree: tree_lib.Tree, target_probs: Array, draft_probs: Array) -> TraversalPlan:
+def traversal_plan(
+    tree: tree_lib.Tree,
+    target_probs: Array,
+    draft_probs: Array,
+    max_depth: int,
+    uniforms: Array | None = None,
+    keep_residuals: bool = True,
+) -> TraversalPlan:
     """Runs the forced-rejection traversal and records every node's test.
+
+    Only the nodes on the current depth-first path change state, so residuals and
+    draft laws are kept per depth (``[L+1, V]``), not per node.
 
     Args:
       tree: the drafted tree (siblings in draw order, a without-replacement
         sample from their parent's draft law, or one child per node).
       target_probs: ``[N+1, V]`` target law ``q`` at every slot.
       draft_probs: ``[N+1, V]`` draft law ``p`` at every internal slot.
+      max_depth: static bound on node depths (``spec.depth``).
+      uniforms: optional ``[N+1]`` uniforms, one per node's test: the plan then
+        also holds the accepted node and its emission law.
+      keep_residuals: also return every node's test-time residual (``[N+1, V]``;
+        the exact law needs it, sampling does not).
     """
-    num_slots = tree.tokens.shape[0]
+    num_slots, vocab = target_probs.shape
     dtype = target_probs.dtype
     slots = jnp.arange(num_slots)
+    rows = max_depth + 1
 
     def body(_, state):
-        cur, alive, visited, alpha, resid, dlaw, order, t = state
+        cur, alive, visited, alpha, res_rows, dlaw_rows, order, t, out, accepted, emit = state
+        d = tree.depth[cur]
         kids = tree.valid & alive & ~visited & (tree.parents == cur) & (slots > 0)
         has_child = jnp.any(kids)
         child = jnp.argmax(kids).astype(jnp.int32)  # first in slot (= draw) order
@@ -99,44 +126,77 @@ def traversal_plan(tree: tree_lib.Tree, target_probs: Array, draft_probs: Array)
 
         # Descend: fix the child's weight from the parent's current state.
         x = tree.tokens[child]
-        a_child = _child_weight(alpha[cur], resid[cur, x], dlaw[cur, x])
+        a_child = _child_weight(alpha[cur], res_rows[d, x], dlaw_rows[d, x])
         alpha = jnp.where(descend, alpha.at[child].set(a_child), alpha)
         visited = visited | (descend & (slots == child))
+        below = jnp.minimum(d + 1, rows - 1)
+        res_rows = res_rows.at[below].set(jnp.where(descend, target_probs[child], res_rows[below]))
+        dlaw_rows = dlaw_rows.at[below].set(
+            jnp.where(descend, draft_probs[child], dlaw_rows[below])
+        )
 
-        # Test (forced rejection): record the order, remove the node, update its parent.
+        # Test: record it (and, when sampling, whether it is the accepted one).
+        mine = res_rows[d]
         order = jnp.where(test, order.at[cur].set(t), order)
+        if out is not None:
+            out = out.at[cur].set(jnp.where(test, mine, out[cur]))
+        if accepted is not None:
+            hit = test & (accepted < 0) & ((uniforms[cur] < alpha[cur]) | (cur == 0))
+            accepted = jnp.where(hit, cur, accepted)
+            emit = jnp.where(hit, mine, emit)
+
+        # Forced rejection: remove the node and update its parent (one depth up).
         parent = jnp.maximum(tree.parents[cur], 0).astype(jnp.int32)
+        up = jnp.maximum(d - 1, 0)
         is_child = test & (cur > 0)
-        m = jnp.maximum(alpha[parent] * resid[parent] - dlaw[parent], 0.0)
+        r_u, d_u = res_rows[up], dlaw_rows[up]
+        m = jnp.maximum(alpha[parent] * r_u - d_u, 0.0)
         s = jnp.sum(m)
         denom = s + 1.0 - alpha[parent]
         # denom == 0 only when this rejection has probability 0: keep the state.
         a_parent = jnp.where(denom > 0, s / jnp.where(denom > 0, denom, 1.0), alpha[parent])
-        new_resid = verify.normalize(m, resid[parent])
-        new_dlaw = _remove(dlaw[parent], tree.tokens[cur])
         alpha = jnp.where(is_child, alpha.at[parent].set(a_parent), alpha)
-        resid = resid.at[parent].set(jnp.where(is_child, new_resid, resid[parent]))
-        dlaw = dlaw.at[parent].set(jnp.where(is_child, new_dlaw, dlaw[parent]))
+        res_rows = res_rows.at[up].set(jnp.where(is_child, verify.normalize(m, r_u), r_u))
+        dlaw_rows = dlaw_rows.at[up].set(jnp.where(is_child, _remove(d_u, tree.tokens[cur]), d_u))
         alive = jnp.where(test, alive.at[cur].set(False), alive)
 
         cur = jnp.where(descend, child, jnp.where(is_child, parent, cur)).astype(jnp.int32)
         t = t + test.astype(jnp.int32)
-        return cur, alive, visited, alpha, resid, dlaw, order, t
+        return cur, alive, visited, alpha, res_rows, dlaw_rows, order, t, out, accepted, emit
 
+    sampling = uniforms is not None
     init = (
         jnp.zeros((), jnp.int32),
         tree.valid,
         jnp.zeros((num_slots,), jnp.bool_).at[0].set(True),
         jnp.zeros((num_slots,), dtype).at[0].set(1.0),
-        target_probs,
-        draft_probs,
+        jnp.zeros((rows, vocab), dtype).at[0].set(target_probs[0]),
+        jnp.zeros((rows, vocab), dtype).at[0].set(draft_probs[0]),
         jnp.full((num_slots,), num_slots, jnp.int32),
         jnp.where(tree.valid[0], 0, num_slots).astype(jnp.int32),
+        jnp.zeros_like(target_probs) if keep_residuals else None,
+        jnp.full((), -1, jnp.int32) if sampling else None,
+        jnp.zeros((vocab,), dtype) if sampling else None,
     )
     # Each valid node is descended into once (root excluded) and tested once.
-    _, _, _, alpha, resid, _, order, _ = jax.lax.fori_loop(0, 2 * num_slots - 1, body, init)
+    final = jax.lax.fori_loop(0, 2 * num_slots - 1, body, init)
+    alpha, order, out, accepted, emit = (final[i] for i in (3, 6, 8, 9, 10))
     alpha = jnp.where(tree.valid, alpha, 0.0).at[0].set(1.0)
-    return TraversalPlan(alpha=alpha, residual=resid, order=order)
+    return TraversalPlan(alpha=alpha, order=order, residual=out, accepted=accepted, emit_law=emit)
+
+
+def expected_tokens(spec: tree_lib.TreeSpec, tree: tree_lib.Tree, target_probs, draft_probs):
+    """Exact expected tokens emitted (accepted depth + 1) for a fixed tree; no residuals kept."""
+    plan = traversal_plan(tree, target_probs, draft_probs, spec.depth, keep_residuals=False)
+    return jnp.sum(_accept_probs(plan) * (tree.depth + 1).astype(plan.alpha.dtype))
+
+
+def _accept_probs(plan: TraversalPlan) -> Array:
+    """``[N+1]`` probability that each node is the accepted one."""
+    earlier = plan.order[None, :] < plan.order[:, None]  # [v, w]: w is tested before v
+    # P(every earlier test rejects): a product of (1 - alpha) (alpha == 1 gives exact zeros).
+    reach = jnp.prod(jnp.where(earlier, 1.0 - plan.alpha[None, :], 1.0), axis=1)
+    return reach * plan.alpha
 
 
 def output_law(
@@ -147,12 +207,8 @@ def output_law(
     ``law[v, y]`` is the probability that node ``v`` is accepted (0 = only the
     root) and ``y`` is emitted after it. End-of-sequence stopping is not modelled.
     """
-    del spec  # the traversal needs no static bound beyond the slot count
-    plan = traversal_plan(tree, target_probs, draft_probs)
-    earlier = plan.order[None, :] < plan.order[:, None]  # [v, w]: w is tested before v
-    # P(every earlier test rejects): a product of (1 - alpha) (alpha == 1 gives exact zeros).
-    reach = jnp.prod(jnp.where(earlier, 1.0 - plan.alpha[None, :], 1.0), axis=1)
-    return (reach * plan.alpha)[:, None] * plan.residual
+    plan = traversal_plan(tree, target_probs, draft_probs, spec.depth)
+    return _accept_probs(plan)[:, None] * plan.residual
 
 
 def verify_tree(
@@ -171,12 +227,13 @@ def verify_tree(
     """
     max_depth = spec.depth
     eos_id = jnp.asarray(eos_id, jnp.int32)
-    plan = traversal_plan(tree, target_probs, draft_probs)
     k_test, k_emit = jax.random.split(key)
-    u = jax.random.uniform(k_test, plan.alpha.shape, dtype=plan.alpha.dtype)
-    hit = (u < plan.alpha) | (jnp.arange(plan.alpha.shape[0]) == 0)
-    accepted = jnp.argmin(jnp.where(hit, plan.order, jnp.iinfo(jnp.int32).max))
-    last = jax.random.categorical(k_emit, transforms.safe_log(plan.residual[accepted]))
+    u = jax.random.uniform(k_test, tree.tokens.shape, dtype=target_probs.dtype)
+    plan = traversal_plan(
+        tree, target_probs, draft_probs, max_depth, uniforms=u, keep_residuals=False
+    )
+    accepted = plan.accepted
+    last = jax.random.categorical(k_emit, transforms.safe_log(plan.emit_law))
 
     # Path root -> accepted node, from the parent links (static depth bound).
     n_acc = tree.depth[accepted]

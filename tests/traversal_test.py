@@ -239,3 +239,12 @@ def test_method_syntax_and_errors():
             methods.parse(bad)
     with pytest.raises(ValueError, match="without-replacement"):
         methods.with_traversal(methods.mrs(2, 2))
+
+
+@pytest.mark.parametrize("spec", [tree_lib.branching((2, 2)), tree_lib.beam(3, 2)], ids=_id)
+def test_expected_tokens_equals_the_exact_law(spec):
+    """The residual-free pass (probes) gives the same expectation as the full exact law."""
+    tree, q, p = _fixed_tree(spec)
+    law = traversal.output_law(spec, tree, q, p)
+    want = jnp.sum(jnp.sum(law, axis=1) * (tree.depth + 1))
+    np.testing.assert_allclose(traversal.expected_tokens(spec, tree, q, p), want, rtol=1e-5)
