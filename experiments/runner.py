@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from experiments import plan as plan_lib
-from experiments import report, sources
+from experiments import report, shape_search, sources
 from rsd_jax import decode, methods, sharding, transforms
 from rsd_jax import generate as gen
 
@@ -132,8 +132,17 @@ def _bucket(prompts) -> int:
 class _Generator:
     """Generates one prompt with one method, timed (compiles on a warm-up first)."""
 
-    def __init__(self, bundle: sources.Bundle, method, bucket: int, max_new: int, layout=None):
+    def __init__(
+        self,
+        bundle: sources.Bundle,
+        method,
+        bucket: int,
+        max_new: int,
+        layout=None,
+        probes: bool = False,
+    ):
         self.bundle, self.method, self.bucket, self.max_new = bundle, method, bucket, max_new
+        self.probes = probes
         self.layout = layout  # rsd_jax.sharding.Layout when running on a mesh
         draft = bundle.draft if method.draft_calls > 0 else None
         self.draft = draft
@@ -144,6 +153,7 @@ class _Generator:
             vocab_size=bundle.target.vocab_size,
             valid_vocab_size=bundle.valid_vocab_size,
             eos_id=bundle.eos_id,
+            probes=probes,
         )
         self.draft_params = None if draft is None else draft.params
 
@@ -182,7 +192,17 @@ class _Generator:
         tokens = gen.generated_tokens(state, self.bundle.eos_id)[0]
         c = jax.tree.map(lambda x: np.asarray(x)[0], state.counters)
         tok = self.bundle.tokenizer
-        return dict(
+        extra = {}
+        if self.probes and self.method.draft_calls > 0:
+            # Exact sums over rounds (rsd_jax.probes): expected tokens of walk / traversal.
+            walk_sum, tv_sum = (float(x) for x in c.probes.expected_tokens)
+            extra = dict(
+                expected_tokens_walk=walk_sum,
+                expected_tokens_traversal=None if np.isnan(tv_sum) else tv_sum,
+                rank_accept=np.asarray(c.probes.rank_accept, float).tolist(),
+                rank_count=np.asarray(c.probes.rank_count, int).tolist(),
+            )
+        return extra | dict(
             tokens=[int(t) for t in tokens],
             text=None if tok is None else tok.decode(tokens, skip_special=True),
             num_tokens=len(tokens),
@@ -212,6 +232,51 @@ def _mesh_sizes(config) -> tuple[int, int] | None:
             f"{jax.device_count()} are available"
         )
     return sizes
+
+
+CALIBRATION = "calibration.json"
+
+
+def calibrate(config, bundle, prompts, bucket, workdir: Path, log) -> shape_search.AcceptanceTable:
+    """``shape=auto``: acceptance by depth and sibling rank on the calibration prompts.
+
+    Decodes each calibration prompt with ``rsd_c:<calibration_shape>`` and probes on,
+    pools the exact ``A_d(b)`` sums (:mod:`rsd_jax.probes`) and stores them in
+    ``WORKDIR/calibration.json`` (a rerun with the same settings reuses it).
+    """
+    text = f"rsd_c:{config.calibration_shape}"
+    method = methods.parse(text)
+    settings = dict(method=text, prompts=[p.key for p in prompts], max_new=config.max_new_tokens)
+    path = workdir / CALIBRATION
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == settings:
+            log(f"calibration reused from {path}")
+            return shape_search.AcceptanceTable.from_json(stored["table"])
+    gen_ = _Generator(bundle, method, bucket, config.max_new_tokens, probes=True)
+    sums, counts = [], []
+    for p in prompts:
+        log(f"calibrating with {text} on {p.key}")
+        rec = gen_(p, prompt_rng_key(config.seed + 1, p.key))
+        sums.append(rec["rank_accept"])
+        counts.append(rec["rank_count"])
+    table = shape_search.calibration_table(sums, counts)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "table": table.to_json()}, indent=2))
+    tmp.replace(path)
+    return table
+
+
+def _calibration_prompts(config, bundle, prompt_source, evaluated) -> list:
+    """``calibration_prompts`` further prompts of the same datasets, none of them evaluated."""
+    more = config.copy_and_resolve_references()
+    more.unlock()
+    more.num_prompts = config.num_prompts + config.calibration_prompts
+    keys = {p.key for p in evaluated}
+    extra = [p for p in prompt_source(more, bundle) if p.key not in keys]
+    if not extra:
+        raise ValueError("shape=auto found no calibration prompts beyond the evaluated ones")
+    return extra[: config.calibration_prompts]
 
 
 def _progress(total: int, enabled: bool):
@@ -282,10 +347,20 @@ def run(
         f"models ready in {time.perf_counter() - start:.1f}s: {bundle.info.get('target')} <- "
         f"{bundle.info.get('draft')} (r = {bundle.draft_params / bundle.target_params:.4f})"
     )
-    prompts = (prompt_source or sources.real_prompts)(config, bundle)
+    prompt_source = prompt_source or sources.real_prompts
+    prompts = prompt_source(config, bundle)
     if not prompts:
         raise ValueError("no prompts selected (num_prompts=0?)")
     bucket = _bucket(prompts)
+    if config.shape == "auto":
+        calib_prompts = _calibration_prompts(config, bundle, prompt_source, prompts)
+        bucket = max(bucket, _bucket(calib_prompts))
+        table = calibrate(config, bundle, calib_prompts, bucket, workdir, log)
+        log("Calibrated acceptance A_d(b) (mean, visited nodes):\n" + shape_search.describe(table))
+        specs = plan_lib.plan(config, table)
+        shapes = plan_lib.describe(specs)
+        log("Shapes with shape=auto:\n" + shapes)
+        (workdir / SHAPES).write_text(shapes + "\n")
     path = workdir / RESULTS
     records = load_records(path)
     texts = list(dict.fromkeys(s.text for s in specs))
@@ -304,7 +379,12 @@ def run(
             if text not in generators:  # compile on first use (warm-up, untimed)
                 bar.set_description(f"compiling {text}")
                 generators[text] = _Generator(
-                    bundle, methods.parse(text), bucket, config.max_new_tokens, layout
+                    bundle,
+                    methods.parse(text),
+                    bucket,
+                    config.max_new_tokens,
+                    layout,
+                    probes=config.probes,
                 )
                 generators[text].warm_up(p)
             runner = generators[text]

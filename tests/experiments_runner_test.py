@@ -147,6 +147,9 @@ def test_greedy_methods_reproduce_ar(tmp_path):
         (fixed_budget, "budgets=6,shapes=6@sd:4", "does not fit budget"),
         (fixed_length, "method=foo", "unknown method 'foo'"),
         (default, "dataset=xsum", "unknown dataset 'xsum'"),
+        (default, "shape=auto", "needs sweep=budget"),
+        (fixed_budget, "shape=best", "must be '' or 'auto'"),
+        (fixed_budget, "method=mrs/tv", "only sd, rsd_c and rsd_s take /tv"),
     ],
 )
 def test_bad_configs_fail_before_loading_models(module, arg, msg, tmp_path):
@@ -169,3 +172,35 @@ def test_fixed_budget_sweep_runs_and_lists_shapes(tmp_path):
     records = runner.load_records(tmp_path / runner.RESULTS)
     assert sum(r["method"] == "sd:6" for r in records.values()) == 1  # one chain serves both B
     assert "Shapes used" in logs[0]
+
+
+def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
+    """shape=auto: calibration on unevaluated prompts, one auto RSD-C shape per budget."""
+    arg = "budgets=6+10,method=rsd_c,dataset=humaneval,num_prompts=2,max_new_tokens=8"
+    arg += ",shape=auto,calibration_prompts=1,calibration_shape=3-2,progress=false,bootstrap=20"
+    summary, logs = _run(tmp_path, arg, fixed_budget)
+    calib = json.loads((tmp_path / runner.CALIBRATION).read_text())
+    evaluated = {m["prompt"] for m in runner.load_records(tmp_path / runner.RESULTS).values()}
+    assert not set(calib["settings"]["prompts"]) & evaluated  # calibration prompts not scored
+    count = calib["table"]["count"]
+    assert count[0][2] > 0 and count[1][1] > 0  # root ranks 1..3, depth-1 ranks 1..2 measured
+    auto = [e for label, e in summary["methods"].items() if " auto " in label]
+    assert sorted(e["budget"] for e in auto) == [6, 10]
+    assert all("shape=auto (predicted block efficiency" in e["note"] for e in auto)
+    assert "shape=auto" in (tmp_path / "shapes.md").read_text()
+    # A rerun reuses the calibration and recomputes nothing.
+    _, logs2 = _run(tmp_path, arg, fixed_budget)
+    assert any("calibration reused" in m for m in logs2)
+    assert any("0 to run" in m for m in logs2)
+
+
+def test_probes_report_walk_and_traversal_on_the_same_trees(tmp_path):
+    arg = "method=ar+rsd_c:2-2+rsd_c:2-2/tv+spectr:2x2,dataset=humaneval,num_prompts=2"
+    summary, _ = _run(tmp_path, arg + ",max_new_tokens=8,probes=true,progress=false,bootstrap=20")
+    m = summary["methods"]
+    for label in ("rsd_c:2-2", "rsd_c:2-2/tv"):
+        assert m[label]["expected_eta_walk"] > 1 and m[label]["expected_eta_traversal"] > 1
+        assert m[label]["traversal_gain"] > 0
+    assert "expected_eta_traversal" not in m["spectr:2x2"]  # i.i.d. trees: walk only
+    assert "expected_eta_walk" in m["spectr:2x2"] and "expected_eta_walk" not in m["ar"]
+    assert "exact E[tokens/call], traversal" in (tmp_path / "table.md").read_text()

@@ -69,6 +69,12 @@ SPECULATIVE_DEFAULTS = dict(
     budgets="6+10+14+21+30",  # sweep=budget
     sd_max_length=8,  # sweep=budget: SD chain L = min(B, sd_max_length)
     shapes="",  # sweep=budget: overrides, '+'-separated B@name:shape
+    shape="",  # sweep=budget: "auto" adds RSD-C shapes chosen from calibration per budget
+    calibration_prompts=2,  # shape=auto: extra prompts (not evaluated) decoded to calibrate
+    calibration_shape="4-4",  # shape=auto: wide RSD-C tree measuring acceptance by rank
+    auto_max_depth=6,  # shape=auto: cap on L
+    auto_draft_cost=0.0,  # shape=auto: r in eta / (1 + r L); 0 maximises block efficiency
+    probes=False,  # exact expected tokens/call of walk vs traversal on the same trees, ranks
     bootstrap=1000,  # bootstrap resamples for confidence intervals (over prompts)
     progress=True,
     plots=True,
