@@ -237,7 +237,9 @@ def _mesh_sizes(config) -> tuple[int, int] | None:
 CALIBRATION = "calibration.json"
 
 
-def calibrate(config, bundle, prompts, bucket, workdir: Path, log) -> shape_search.AcceptanceTable:
+def calibrate(
+    config, bundle, prompts, bucket, workdir: Path, log, layout=None
+) -> shape_search.AcceptanceTable:
     """``shape=auto``: acceptance by depth and sibling rank on the calibration prompts.
 
     Decodes each calibration prompt with ``rsd_c:<calibration_shape>`` and probes on,
@@ -253,7 +255,7 @@ def calibrate(config, bundle, prompts, bucket, workdir: Path, log) -> shape_sear
         if stored.get("settings") == settings:
             log(f"calibration reused from {path}")
             return shape_search.AcceptanceTable.from_json(stored["table"])
-    gen_ = _Generator(bundle, method, bucket, config.max_new_tokens, probes=True)
+    gen_ = _Generator(bundle, method, bucket, config.max_new_tokens, layout, probes=True)
     sums, counts = [], []
     for p in prompts:
         log(f"calibrating with {text} on {p.key}")
@@ -355,7 +357,7 @@ def run(
     if config.shape == "auto":
         calib_prompts = _calibration_prompts(config, bundle, prompt_source, prompts)
         bucket = max(bucket, _bucket(calib_prompts))
-        table = calibrate(config, bundle, calib_prompts, bucket, workdir, log)
+        table = calibrate(config, bundle, calib_prompts, bucket, workdir, log, layout)
         log("Calibrated acceptance A_d(b) (mean, visited nodes):\n" + shape_search.describe(table))
         specs = plan_lib.plan(config, table)
         shapes = plan_lib.describe(specs)
