@@ -17,6 +17,12 @@ Two measurements that sampling alone gives only noisily:
   every ``b <= K``. The first ``b`` children of a without-replacement sample
   are themselves one, and recursive rejection never looks at later children,
   so one wide calibration tree estimates ``A_d(b)`` for all narrower ones.
+  In RSD-C trees a node with fewer valid children than its branching has
+  exhausted the draft's support (after top-k / top-p), and a tree of any
+  width would draft the same children there: such nodes count for every
+  ``b`` with their full acceptance (leaving them out would bias ``A_d(b)``
+  towards flat, low-acceptance contexts for large ``b``). In RSD-S trees the
+  beam decides child counts, so only real children count.
 """
 
 from __future__ import annotations
@@ -102,7 +108,10 @@ def round_probes(
             ok = jnp.arange(width) < jnp.sum(kids)
             plan = verifier.plan(target_probs[node], draft_probs[node], tree.tokens[slots], ok)
             a_b = 1.0 - jnp.cumprod(1.0 - plan.accept_prob)
-            have = visited & (b <= jnp.sum(kids))
+            if spec.kind == "beam":  # SBS decides child counts: only real ones are data
+                have = visited & (b <= jnp.sum(kids))
+            else:  # fewer valid children = exhausted support: any wider tree has the same
+                have = visited & (b > 0)
             rank_accept = rank_accept.at[d].set(jnp.where(have, a_b, 0.0).astype(dtype))
             rank_count = rank_count.at[d].set(have.astype(jnp.int32))
     return RoundProbes(

@@ -9,6 +9,7 @@ rejected, so the comparison can fail.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -69,3 +70,34 @@ def test_rank_acceptance_matches_sampled_first_level():
     means = a0.sum(0) / n0.sum(0)
     assert np.all(np.diff(means) >= 0) and means[0] < means[2]  # more siblings, more acceptance
     assert abs(_z(accepted_level1, a0[:, 0])) > Z_MAX  # b = 1 predicts less: rejected
+
+
+def test_rank_acceptance_counts_nodes_with_exhausted_support():
+    """A node whose draft support is smaller than the branching counts for every b."""
+    from rsd_jax import probes, verify
+    from rsd_jax import tree as tree_lib
+
+    spec = tree_lib.branching((3,))
+    q = jnp.array([[0.5, 0.3, 0.2, 0.0]] * 4, jnp.float32)
+    p = jnp.array([[0.6, 0.4, 0.0, 0.0]] * 4, jnp.float32)  # support 2 < 3
+    tree = tree_lib.Tree(
+        tokens=jnp.array([0, 0, 1, 0], jnp.int32),
+        parents=jnp.array([-1, 0, 0, 0], jnp.int32),
+        valid=jnp.array([True, True, True, False]),
+        depth=jnp.array([0, 1, 1, 1], jnp.int32),
+    )
+    from rsd_jax import walk
+
+    walk_result = walk.WalkResult(  # nothing accepted: only the root is visited
+        path=np.array([-1], np.int32),
+        num_accepted=np.int32(0),
+        tokens=np.array([2, -1], np.int32),
+        num_emitted=np.int32(1),
+        hit_eos=np.bool_(False),
+    )
+    out = probes.round_probes(spec, verify.get_verifier("rrs"), tree, q, p, walk_result)
+    np.testing.assert_array_equal(out.rank_count[0], [1, 1, 1])
+    a = np.asarray(out.rank_accept[0])
+    assert a[2] == a[1]  # b = 3 has no third child: the same node, the same acceptance
+    # Drawn X1 = 0: accepted w.p. q(0)/p(0); after a rejection the residual puts no mass on 1.
+    np.testing.assert_allclose(a, [0.5 / 0.6] * 3, rtol=1e-6)
