@@ -260,6 +260,11 @@ def _x(entry: dict, axis: str, sweep: str):
     return entry["sweep_value"] if sweep == "budget" else entry["budget"]
 
 
+def _line(entry: dict) -> str:
+    """Plot line of an entry: its method, with shape=auto choices a line of their own."""
+    return entry["name"] + (" (auto)" if " auto " in entry["label"] else "")
+
+
 def plot(summary: dict, workdir: Path) -> list[str]:
     """PNG plots, one line per method: block efficiency vs L and vs B, token-rate ratio vs B."""
     import matplotlib
@@ -277,11 +282,11 @@ def plot(summary: dict, workdir: Path) -> list[str]:
     out = []
     for name, axis, key, xlabel in figures:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method in dict.fromkeys(e["name"] for e in entries):
+        for method in dict.fromkeys(_line(e) for e in entries):
             pts = sorted(
                 (_x(e, axis, sweep), e[key], e.get(key + "_ci"))
                 for e in entries
-                if e["name"] == method and e.get(key) is not None
+                if _line(e) == method and e.get(key) is not None
             )
             if not pts:
                 continue
