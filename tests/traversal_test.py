@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from models import toy
-from rsd_jax import drafting, methods, traversal, verify, walk
+from rsd_jax import methods, traversal, verify, walk
 from rsd_jax import tree as tree_lib
 from tests import lawcheck
-from tests.walk_test import PREFIX, _id, _round, _sampled_codes, _tables
+from tests.walk_test import PREFIX, _id, _round, _sampled_codes, _tables, check_path, eos_chain
 
 
 def _capped_weight(alpha_parent, r_x, d_x):
@@ -200,27 +200,11 @@ class TraversalMechanicsTest(chex.TestCase):
             n_acc, n_emit = int(res.num_accepted), int(res.num_emitted)
             depths.add(n_acc)
             self.assertEqual(n_emit, n_acc + 1)
-            path = np.asarray(res.path)[:n_acc]
-            np.testing.assert_array_equal(np.asarray(res.tokens)[:n_acc], tree.tokens[path])
-            parents = np.asarray(tree.parents)
-            for d, slot in enumerate(path):
-                self.assertEqual(int(tree.depth[slot]), d + 1)
-                self.assertEqual(parents[slot], 0 if d == 0 else path[d - 1])
-            self.assertTrue(np.all(np.asarray(res.path)[n_acc:] == -1))
+            check_path(tree, res)
         self.assertGreater(len(depths), 1)
 
     def test_eos_on_the_accepted_path_ends_the_round(self):
-        vocab, eos = 4, 3
-        table = np.zeros((vocab + 1, vocab + 1, vocab))
-        table[..., 0] = 1.0
-        table[:, 0, :] = np.eye(vocab)[eos]  # after a 0 comes EOS
-        spec = tree_lib.chain(3)
-        dt = jnp.asarray(table, jnp.float32)
-        ctx = jnp.asarray([vocab, vocab], jnp.int32)
-        tree, p = drafting.draft_tree(
-            jax.random.PRNGKey(0), spec, 1, lambda t, lvl: toy.tree_probs(dt, ctx, t)[lvl : lvl + 1]
-        )
-        q = toy.tree_probs(dt, ctx, tree)
+        spec, tree, q, p, eos = eos_chain()
         res = traversal.verify_tree(jax.random.PRNGKey(1), spec, tree, q, p, eos_id=eos)
         np.testing.assert_array_equal(res.tokens, [0, eos, -1, -1])
         np.testing.assert_array_equal(res.path, [1, 2, -1])

@@ -195,6 +195,36 @@ def test_output_law_matches_sampled_walk():
     assert lawcheck.chi2_pvalue(counts, law.ravel() / law.sum()) >= lawcheck.ALPHA
 
 
+def check_path(tree, res):
+    """The accepted path's tokens are emitted and it descends one level per step."""
+    n_acc = int(res.num_accepted)
+    path = np.asarray(res.path)[:n_acc]
+    np.testing.assert_array_equal(np.asarray(res.tokens)[:n_acc], tree.tokens[path])
+    parents = np.asarray(tree.parents)
+    for d, slot in enumerate(path):
+        assert int(tree.depth[slot]) == d + 1
+        assert parents[slot] == (0 if d == 0 else path[d - 1])
+    assert np.all(np.asarray(res.path)[n_acc:] == -1)
+
+
+def eos_chain():
+    """A chain L=3 where draft == target, deterministic: root 1, then 0, then EOS (id 3).
+
+    Returns ``(spec, tree, q, p, eos)``; every draft is accepted, so the EOS is on the path.
+    """
+    vocab, eos = 4, 3
+    table = np.zeros((vocab + 1, vocab + 1, vocab))
+    table[..., 0] = 1.0
+    table[:, 0, :] = np.eye(vocab)[eos]  # after a 0 comes EOS
+    spec = tree_lib.chain(3)
+    dt = jnp.asarray(table, jnp.float32)
+    ctx = jnp.asarray([vocab, vocab], jnp.int32)
+    tree, p = drafting.draft_tree(
+        jax.random.PRNGKey(0), spec, 1, lambda t, lvl: toy.tree_probs(dt, ctx, t)[lvl : lvl + 1]
+    )
+    return spec, tree, toy.tree_probs(dt, ctx, tree), p, eos
+
+
 class WalkMechanicsTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_path_tokens_and_counts_are_consistent(self):
@@ -206,28 +236,10 @@ class WalkMechanicsTest(chex.TestCase):
             tree, res = run(jax.random.PRNGKey(i))
             n_acc, n_emit = int(res.num_accepted), int(res.num_emitted)
             self.assertEqual(n_emit, n_acc + 1)
-            path = np.asarray(res.path)[:n_acc]
-            np.testing.assert_array_equal(np.asarray(res.tokens)[:n_acc], tree.tokens[path])
-            # The path descends one level per step through parent links.
-            parents = np.asarray(tree.parents)
-            for d, slot in enumerate(path):
-                self.assertEqual(int(tree.depth[slot]), d + 1)
-                self.assertEqual(parents[slot], 0 if d == 0 else path[d - 1])
-            self.assertTrue(np.all(np.asarray(res.path)[n_acc:] == -1))
+            check_path(tree, res)
 
     def test_accepted_eos_ends_the_round(self):
-        # Target and draft identical and deterministic: every draft is accepted.
-        vocab, eos = 4, 3
-        table = np.zeros((vocab + 1, vocab + 1, vocab))
-        table[..., 0] = 1.0
-        table[:, 0, :] = np.eye(vocab)[eos]  # after a 0 comes EOS
-        spec = tree_lib.chain(3)
-        dt = jnp.asarray(table, jnp.float32)
-        ctx = jnp.asarray([vocab, vocab], jnp.int32)
-        tree, p = drafting.draft_tree(
-            jax.random.PRNGKey(0), spec, 1, lambda t, lvl: toy.tree_probs(dt, ctx, t)[lvl : lvl + 1]
-        )
-        q = toy.tree_probs(dt, ctx, tree)
+        spec, tree, q, p, eos = eos_chain()
         sd = verify.get_verifier("sd")
         res = walk.verify_tree(jax.random.PRNGKey(1), spec, tree, q, p, sd, eos_id=eos)
         np.testing.assert_array_equal(res.tokens, [0, eos, -1, -1])
