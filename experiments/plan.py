@@ -117,6 +117,8 @@ def plan(config, calibration=None) -> list[RunSpec]:
         raise ValueError(f"config key 'shape' must be '' or 'auto', got {config.shape!r}")
     if config.shape == "auto" and sweep != "budget":
         raise ValueError("shape=auto chooses shapes per target budget: it needs sweep=budget")
+    if config.shape == "auto" and min(config.calibration_prompts, config.calibration_tokens) < 1:
+        raise ValueError("shape=auto needs calibration_prompts >= 1 and calibration_tokens >= 1")
     if sweep == "none":
         specs = []
         for item in items:

@@ -155,7 +155,7 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
                 "num_prompts": len(sub),
             }
         entries[spec.label] = entry
-    return {
+    out = {
         "config": config.to_dict(),
         "models": bundle.info,
         "r": r,
@@ -164,6 +164,95 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
         "not a human reference; a consistency check across methods",
         "methods": entries,
     }
+    comparison = auto_vs_hand_picked(specs, keys, records, samples)
+    if comparison:
+        out["auto_vs_hand_picked"] = comparison
+    return out
+
+
+def auto_vs_hand_picked(specs, keys, records, samples: int) -> list[dict]:
+    """Per budget, ``shape=auto``'s block efficiency over the best hand-picked shape's.
+
+    The best hand-picked shape is the one with the highest block efficiency at that
+    budget, chosen after the fact (the maximum of noisy estimates, so the comparison
+    leans against auto). The ratio is paired: both methods ran the same prompts, and the
+    bootstrap resamples prompts jointly.
+    """
+    out = []
+    auto = [s for s in specs if s.note.startswith("shape=auto")]
+    for a in auto:
+        rivals = [
+            s
+            for s in specs
+            if s.sweep_value == a.sweep_value and s.label != a.label and s.text != "ar"
+        ]
+        rows = {}
+        for s in [a, *rivals]:
+            recs = [records.get(f"{k}|{s.text}") for k in keys]
+            rows[s.label] = {k: r for k, r in zip(keys, recs, strict=True) if r}
+        common = [k for k in keys if all(k in rows[s.label] for s in [a, *rivals])]
+        if not common or not rivals:
+            continue
+
+        best = max(rivals, key=lambda s: _eta(rows[s.label], common))
+        # per prompt: auto generated, auto calls, best generated, best calls
+        m = np.array(
+            [
+                [
+                    rows[lab][k][f]
+                    for lab in (a.label, best.label)
+                    for f in ("generated", "target_calls")
+                ]
+                for k in common
+            ],
+            float,
+        )
+        idx = _boot_idx(len(common), samples, seed=3)
+        ratio = (m[:, 0].sum() / m[:, 1].sum()) / (m[:, 2].sum() / m[:, 3].sum())
+        boot = (m[idx, 0].sum(1) / m[idx, 1].sum(1)) / (m[idx, 2].sum(1) / m[idx, 3].sum(1))
+        out.append(
+            dict(
+                budget=a.sweep_value,
+                auto=a.label,
+                auto_shape=a.shape,
+                auto_block_efficiency=_eta(rows[a.label], common),
+                best=best.label,
+                best_shape=f"{best.name} {best.shape}",
+                best_block_efficiency=_eta(rows[best.label], common),
+                ratio=float(ratio),
+                ratio_ci=_ci(boot),
+                num_prompts=len(common),
+            )
+        )
+    return out
+
+
+def _eta(recs: dict, keys) -> float:
+    g = sum(recs[k]["generated"] for k in keys)
+    return g / max(sum(recs[k]["target_calls"] for k in keys), 1)
+
+
+def format_auto_table(summary: dict) -> str:
+    """Markdown: shape=auto against the best hand-picked shape per budget (paired ratio)."""
+    rows = summary.get("auto_vs_hand_picked")
+    if not rows:
+        return ""
+    lines = [
+        "| B | auto shape | auto block efficiency | best hand-picked | its block efficiency | "
+        "auto / best [95% CI] |",
+        "|" + "---|" * 6,
+    ]
+    for c in rows:
+        lines.append(
+            f"| {c['budget']} | {c['auto_shape']} | {c['auto_block_efficiency']:.3f} | "
+            f"{c['best_shape']} | {c['best_block_efficiency']:.3f} | "
+            f"{_fmt(c['ratio'], c['ratio_ci'])} |"
+        )
+    lines.append(
+        "\nThe best hand-picked shape is chosen after the fact, per budget, by block efficiency "
+        "(which favours it); the ratio is paired over the same prompts."
+    )
+    return "\n".join(lines)
 
 
 def _probe_metrics(recs, calls, idx) -> dict:
@@ -242,6 +331,9 @@ def format_table(summary: dict) -> str:
             f"{_fmt(rouge.get('mean'), rouge.get('ci'))} | "
             f"{_fmt(bleu.get('mean'), bleu.get('ci'), 1)} | {note} |"
         )
+    auto_table = format_auto_table(summary)
+    if auto_table:
+        lines.append("\n" + auto_table)
     probe_table = format_probe_table(summary)
     if probe_table:
         lines.append("\n" + probe_table)

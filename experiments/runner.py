@@ -238,27 +238,34 @@ CALIBRATION = "calibration.json"
 
 
 def calibrate(
-    config, bundle, prompts, bucket, workdir: Path, log, layout=None
+    config, bundle, prompts, bucket, workdir: Path, log, layout=None, evaluated=()
 ) -> shape_search.AcceptanceTable:
     """``shape=auto``: acceptance by depth and sibling rank on the calibration prompts.
 
-    Decodes each calibration prompt with ``rsd_c:<calibration_shape>`` and probes on,
-    pools the exact ``A_d(b)`` sums (:mod:`rsd_jax.probes`) and stores them in
-    ``WORKDIR/calibration.json`` (a rerun with the same settings reuses it).
+    Decodes each calibration prompt for ``calibration_tokens`` tokens with
+    ``rsd_c:<calibration_shape>`` and probes on, pools the exact ``A_d(b)`` sums
+    (:mod:`rsd_jax.probes`) and stores them in ``WORKDIR/calibration.json``. A rerun
+    reuses the stored calibration when its method, length and number of prompts match
+    and none of its prompts is among the ``evaluated`` prompts (so growing
+    ``num_prompts`` keeps it).
     """
     text = f"rsd_c:{config.calibration_shape}"
     method = methods.parse(text)
-    settings = dict(method=text, prompts=[p.key for p in prompts], max_new=config.max_new_tokens)
+    tokens = int(config.calibration_tokens)
+    settings = dict(method=text, prompts=[p.key for p in prompts], max_new=tokens)
     path = workdir / CALIBRATION
     if path.is_file():
         stored = json.loads(path.read_text())
-        if stored.get("settings") == settings:
-            log(f"calibration reused from {path}")
+        old = stored.get("settings", {})
+        same = (old.get("method"), old.get("max_new")) == (text, tokens)
+        used = old.get("prompts", [])
+        if same and len(used) == len(prompts) and not set(used) & {p.key for p in evaluated}:
+            log(f"calibration reused from {path} (prompts {', '.join(used)})")
             return shape_search.AcceptanceTable.from_json(stored["table"])
-    gen_ = _Generator(bundle, method, bucket, config.max_new_tokens, layout, probes=True)
+    gen_ = _Generator(bundle, method, bucket, tokens, layout, probes=True)
     sums, counts = [], []
     for p in prompts:
-        log(f"calibrating with {text} on {p.key}")
+        log(f"calibrating with {text} on {p.key} ({tokens} tokens)")
         rec = gen_(p, prompt_rng_key(config.seed + 1, p.key))
         sums.append(rec["rank_accept"])
         counts.append(rec["rank_count"])
@@ -269,16 +276,34 @@ def calibrate(
     return table
 
 
+# Calibration prompts come from another seeded draw than the evaluated ones, so they
+# do not move into (or out of) the evaluated set when num_prompts grows.
+CALIBRATION_SEED_OFFSET = 7919
+
+
 def _calibration_prompts(config, bundle, prompt_source, evaluated) -> list:
-    """``calibration_prompts`` further prompts of the same datasets, none of them evaluated."""
+    """``calibration_prompts`` prompts of the same datasets, none of them evaluated.
+
+    Spread round-robin over the datasets like the evaluated ones, drawn with the seed
+    ``seed + CALIBRATION_SEED_OFFSET``.
+    """
     more = config.copy_and_resolve_references()
     more.unlock()
-    more.num_prompts = config.num_prompts + config.calibration_prompts
+    more.seed = config.seed + CALIBRATION_SEED_OFFSET
+    more.num_prompts = config.calibration_prompts + len(evaluated)
     keys = {p.key for p in evaluated}
-    extra = [p for p in prompt_source(more, bundle) if p.key not in keys]
-    if not extra:
+    by_dataset: dict[str, list] = {}
+    for p in prompt_source(more, bundle):
+        if p.key not in keys:
+            by_dataset.setdefault(p.dataset, []).append(p)
+    picked, queues = [], list(by_dataset.values())
+    while len(picked) < config.calibration_prompts and any(queues):
+        for q in queues:
+            if q and len(picked) < config.calibration_prompts:
+                picked.append(q.pop(0))
+    if not picked:
         raise ValueError("shape=auto found no calibration prompts beyond the evaluated ones")
-    return extra[: config.calibration_prompts]
+    return picked
 
 
 def _progress(total: int, enabled: bool):
@@ -356,8 +381,10 @@ def run(
     bucket = _bucket(prompts)
     if config.shape == "auto":
         calib_prompts = _calibration_prompts(config, bundle, prompt_source, prompts)
-        bucket = max(bucket, _bucket(calib_prompts))
-        table = calibrate(config, bundle, calib_prompts, bucket, workdir, log, layout)
+        calib_bucket = max(bucket, _bucket(calib_prompts))
+        table = calibrate(
+            config, bundle, calib_prompts, calib_bucket, workdir, log, layout, prompts
+        )
         log("Calibrated acceptance A_d(b) (mean, visited nodes):\n" + shape_search.describe(table))
         specs = plan_lib.plan(config, table)
         shapes = plan_lib.describe(specs)

@@ -183,7 +183,8 @@ def toy_sources(vocab: int = 8, order: int = 3, agreement: float = 0.7, seed: in
                 ref = None
                 if name in ("summarise", "translate"):
                     ref = ToyTokenizer().decode(rng.integers(vocab, size=12))
-                out.append(EncodedPrompt(f"{name}/{i}", name, ids, ref, temperature, top_p))
+                key = f"{name}/s{config.seed}-{i}"  # the ids depend on the seed, so does the key
+                out.append(EncodedPrompt(key, name, ids, ref, temperature, top_p))
         return out
 
     return model_source, prompt_source

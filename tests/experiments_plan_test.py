@@ -64,3 +64,9 @@ def test_errors():
         plan.plan(fixed_budget.get_config("budgets=six"))
     with pytest.raises(ValueError, match="names no method"):
         plan.plan(default.get_config("method=+"))
+    with pytest.raises(ValueError, match="needs sweep=budget"):
+        plan.plan(fixed_length.get_config("shape=auto"))
+    with pytest.raises(ValueError, match="calibration_tokens >= 1"):
+        plan.plan(fixed_budget.get_config("shape=auto,calibration_tokens=0"))
+    with pytest.raises(ValueError, match="calibration_prompts >= 1"):
+        plan.plan(fixed_budget.get_config("shape=auto,calibration_prompts=0"))

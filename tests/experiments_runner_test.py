@@ -93,7 +93,7 @@ def test_resume_after_interrupt_equals_uninterrupted_and_recomputes_nothing(full
         _run(tmp_path, on_record=stop_after_five)
     assert len(runner.load_records(tmp_path / runner.RESULTS)) == 5
     with open(tmp_path / runner.RESULTS, "a") as f:  # a kill mid-write leaves a partial line
-        f.write('{"key": "humaneval/0|sd:2", "tok')
+        f.write('{"key": "humaneval/s0-0|sd:2", "tok')
 
     resumed = []
     _run(tmp_path, on_record=lambda r: resumed.append(r["key"]))
@@ -126,7 +126,7 @@ def test_incompatible_workdir_is_refused(full_run, tmp_path):
     # More prompts or other methods are compatible: only the new work runs.
     new = []
     _run(tmp_path, on_record=lambda r: new.append(r["prompt"]))
-    assert sorted(set(new)) == ["humaneval/1", "summarise/1"]
+    assert sorted(set(new)) == ["humaneval/s0-1", "summarise/s0-1"]
 
 
 def test_greedy_methods_reproduce_ar(tmp_path):
@@ -177,7 +177,8 @@ def test_fixed_budget_sweep_runs_and_lists_shapes(tmp_path):
 def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
     """shape=auto: calibration on unevaluated prompts, one auto RSD-C shape per budget."""
     arg = "budgets=6+10,method=rsd_c,dataset=humaneval,num_prompts=2,max_new_tokens=8"
-    arg += ",shape=auto,calibration_prompts=1,calibration_shape=3-2,progress=false,bootstrap=20"
+    arg += ",shape=auto,calibration_prompts=1,calibration_shape=3-2,calibration_tokens=8"
+    arg += ",progress=false,bootstrap=20"
     summary, logs = _run(tmp_path, arg, fixed_budget)
     calib = json.loads((tmp_path / runner.CALIBRATION).read_text())
     evaluated = {m["prompt"] for m in runner.load_records(tmp_path / runner.RESULTS).values()}
@@ -188,10 +189,26 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
     assert sorted(e["budget"] for e in auto) == [6, 10]
     assert all("shape=auto (predicted block efficiency" in e["note"] for e in auto)
     assert "shape=auto" in (tmp_path / "shapes.md").read_text()
+    assert calib["settings"]["max_new"] == 8  # calibration_tokens, not max_new_tokens
+    comparison = summary["auto_vs_hand_picked"]
+    assert [c["budget"] for c in comparison] == [6, 10]
+    for c in comparison:
+        rivals = [e for e in summary["methods"].values() if e["sweep_value"] == c["budget"]]
+        best = max(e["block_efficiency"] for e in rivals if " auto " not in e["label"])
+        assert c["best_block_efficiency"] == pytest.approx(best)
+        assert c["ratio"] == pytest.approx(c["auto_block_efficiency"] / best)
+    assert "auto / best" in (tmp_path / runner.TABLE).read_text()
     # A rerun reuses the calibration and recomputes nothing.
     _, logs2 = _run(tmp_path, arg, fixed_budget)
     assert any("calibration reused" in m for m in logs2)
     assert any("0 to run" in m for m in logs2)
+    # More evaluated prompts keep the calibration (its prompts are drawn apart) ...
+    _, logs3 = _run(tmp_path, arg.replace("num_prompts=2", "num_prompts=3"), fixed_budget)
+    assert any("calibration reused" in m for m in logs3)
+    # ... but a different calibration length recalibrates.
+    _, logs4 = _run(tmp_path, arg + ",calibration_tokens=6", fixed_budget)
+    assert not any("calibration reused" in m for m in logs4)
+    assert json.loads((tmp_path / runner.CALIBRATION).read_text())["settings"]["max_new"] == 6
 
 
 def test_probes_report_walk_and_traversal_on_the_same_trees(tmp_path):

@@ -70,7 +70,8 @@ SPECULATIVE_DEFAULTS = dict(
     sd_max_length=8,  # sweep=budget: SD chain L = min(B, sd_max_length)
     shapes="",  # sweep=budget: overrides, '+'-separated B@name:shape
     shape="",  # sweep=budget: "auto" adds RSD-C shapes chosen from calibration per budget
-    calibration_prompts=2,  # shape=auto: extra prompts (not evaluated) decoded to calibrate
+    calibration_prompts=4,  # shape=auto: extra prompts (never evaluated) decoded to calibrate
+    calibration_tokens=64,  # shape=auto: tokens generated per calibration prompt
     calibration_shape="4-4",  # shape=auto: wide RSD-C tree measuring acceptance by rank
     auto_max_depth=6,  # shape=auto: cap on L
     auto_draft_cost=0.0,  # shape=auto: r in eta / (1 + r L); 0 maximises block efficiency
