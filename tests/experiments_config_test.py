@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from experiments import toy_demo
+from experiments import run, toy_demo
 from experiments.configs import common
 from experiments.configs import toy_demo as toy_demo_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_overrides_are_typed_and_config_is_locked():
@@ -47,3 +54,34 @@ def test_toy_demo_runs_and_is_lossless_at_noise_level():
         assert r["tv_first"] < 0.05
         assert np.all(np.diff(r["accept_by_depth"]) <= 0)
     assert "block efficiency" in toy_demo.format_table(rows, 4000)
+
+
+def test_compile_cache_is_written_and_reused(tmp_path):
+    """The persistent compilation cache of ``experiments.run``: a second process hits it."""
+    script = (
+        "import sys, jax, jax.numpy as jnp, jax.monitoring as mon\n"
+        "events = []\n"
+        "mon.register_event_listener(lambda name, **kw: events.append(name))\n"
+        "from experiments import run\n"
+        "run.enable_compile_cache(sys.argv[1], min_compile_seconds=0.0)\n"
+        "f = jax.jit(lambda x: jnp.cumsum(jnp.sin(x) @ x.T, axis=0))\n"
+        "print(float(f(jnp.ones((16, 16))).sum()))\n"
+        "print(sum(e.endswith('/cache_hits') for e in events),"
+        " sum(e.endswith('/cache_misses') for e in events))\n"
+    )
+    cache = tmp_path / "xla"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+
+    def go():
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(cache)], env=env, check=True,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        value, counts = out.stdout.strip().splitlines()
+        return value, [int(x) for x in counts.split()]
+
+    value, (hits, misses) = go()
+    assert hits == 0 and misses > 0 and any(cache.iterdir())
+    again, (hits, misses) = go()
+    assert again == value and hits > 0 and misses == 0
+    assert run.enable_compile_cache("") is None
