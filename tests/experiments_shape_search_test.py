@@ -77,3 +77,52 @@ def test_errors():
         t.rate(0, 3)
     with pytest.raises(ValueError, match="no RSD-C branching"):
         ss.best_branching(t, 30, max_depth=2)
+
+
+# The search's premise, exactly (float64 enumeration of every drafted tree, toy tables):
+# an RSD-C shape whose first-child path is a chain of depth L scores at least that chain's
+# expected tokens per round under recursive rejection. Coupled on the same uniforms, the
+# chain's tests are the tree's first-child tests, and where the chain stops the tree may
+# still accept a sibling. So at a budget where the SD chain is the best hand-picked
+# shape, an auto shape that contains it cannot lose in expectation.
+NESTED = [
+    ((1, 1, 2), 4),
+    ((1, 2, 1), 4),
+    ((2, 1, 1), 3),
+    ((2, 2, 1), 3),
+]
+
+
+def _expected_tokens(branching, vocab, seed, verifier):
+    import jax
+
+    from rsd_jax import tree as tree_lib
+    from rsd_jax import verify
+    from tests import lawcheck
+    from tests.walk_test import PREFIX, _tables
+
+    spec = tree_lib.branching(branching)
+    draft, target = _tables(vocab, seed, alpha=0.6)
+    with jax.enable_x64(True):
+        law = lawcheck.exact_round_law(spec, verify.get_verifier(verifier), draft, target, PREFIX)
+    return sum(len(seq) * mass for seq, mass in law.items())
+
+
+@pytest.mark.parametrize("branching,vocab", NESTED)
+def test_a_tree_containing_the_chain_never_scores_less(branching, vocab):
+    chain = (1,) * len(branching)
+    gains = [
+        _expected_tokens(branching, vocab, seed, "rrs") - _expected_tokens(chain, vocab, seed, "sd")
+        for seed in range(4)
+    ]
+    assert min(gains) >= -1e-12, gains
+    assert max(gains) > 1e-3, gains  # strictly better somewhere: the comparison has teeth
+
+
+def test_shapes_not_containing_the_chain_can_score_less():
+    """Negative control: a wide shallow tree with more nodes loses to the deeper chain."""
+    gains = [
+        _expected_tokens((3,), 4, seed, "rrs") - _expected_tokens((1, 1, 1), 4, seed, "sd")
+        for seed in range(4)
+    ]
+    assert min(gains) < -1e-3, gains
