@@ -275,11 +275,11 @@ def test_scanned_layers_equal_the_loop(name):
     chex.assert_shape(layers["mlp_norm"]["scale"], (c.layers, c.hidden))
     tokens = jax.random.randint(jax.random.key(12), (2, 6), 0, config.valid_vocab_size)
     outs = []
-    for c, p in ((config, params), (scan_config, scan_params)):
-        cache = decoder.init_cache(c, 2, 8)
-        last, cache = decoder.prefill(c, p, tokens[:, :5], jnp.array([5, 3]), cache)
+    for cfg, p in ((config, params), (scan_config, scan_params)):
+        cache = decoder.init_cache(cfg, 2, 8)
+        last, cache = decoder.prefill(cfg, p, tokens[:, :5], jnp.array([5, 3]), cache)
         mask = decoder.causal_mask(cache.index, 1, 8)
-        step, cache = decoder.forward(c, p, tokens[:, 5:], cache.index[:, None], mask, cache)
+        step, cache = decoder.forward(cfg, p, tokens[:, 5:], cache.index[:, None], mask, cache)
         outs.append((last, step, cache))
     chex.assert_trees_all_equal(outs[0], outs[1])
 
