@@ -1,17 +1,23 @@
-"""Forward latency per preset on this machine, next to llama.cpp's figures (MODELS.md).
+"""Forward latency and compile time per preset on this machine, next to llama.cpp's figures.
 
-Not a test. For each preset: prefill a prompt, then time (a) one-token decode calls and
-(b) 32-node draft-tree scoring calls (one forward with an ancestor mask), each jitted with
-the cache donated. Ratios are ours / llama.cpp in tokens per second: decode against
-llama.cpp generation speed, the tree call against its prompt-evaluation speed (both are
-"many tokens per call" versus "one token per call" regimes).
+Not a test. For each preset and layer mode (`--layers`: an unrolled loop over the blocks,
+and/or `ModelConfig.scan_layers`): load it (seconds; peak resident memory of the process so
+far), prefill a prompt, then compile (trace + lower, then XLA compile, each timed) and time
+(a) one-token decode calls and (b) `--nodes`-node draft-tree scoring calls (one forward with
+an ancestor mask), each jitted with the cache donated; per-call times are medians over
+`--repeats` calls after a warm-up call. Ratios are ours / llama.cpp in tokens per second:
+decode against llama.cpp generation speed (MODELS.md), the tree call against its
+prompt-evaluation speed (both are "many tokens per call" versus "one token per call").
+Timings on a busy machine vary: compare modes within one run, and repeat it.
 
   python -m models.benchmark smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
+  python -m models.benchmark qwen2.5-coder-0.5b --nodes 16 --layers loop+scan+loop+scan
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import jax
@@ -42,7 +48,8 @@ def random_tree(num_nodes: int, branching: int = 4) -> tuple[np.ndarray, np.ndar
 
 
 def _time(fn, repeats: int) -> float:
-    """Median seconds per call of fn() (already compiled), blocking on the result."""
+    """Median seconds per call of fn() after one warm-up call, blocking on the result."""
+    jax.block_until_ready(fn())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -51,8 +58,28 @@ def _time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def bench(name: str, dtype: str, prefix: int, capacity: int, nodes: int, repeats: int) -> dict:
-    model = load_model(name, dtype=dtype)
+def _compile(fn, *args):
+    """(compiled fn, seconds to trace and lower, seconds for XLA to compile)."""
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, lowered_at - start, time.perf_counter() - lowered_at
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, GB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def bench(
+    name: str, dtype: str, scan: bool, prefix: int, capacity: int, nodes: int, repeats: int
+) -> dict:
+    jax.clear_caches()  # compile afresh even if this process ran the mode before
+    start = time.perf_counter()
+    model = load_model(name, dtype=dtype, scan_layers=scan)
+    jax.block_until_ready(model.params)
+    load_s, load_peak = time.perf_counter() - start, _peak_rss_gb()
     config, params = model.config, model.params
     fwd = jax.jit(decoder.make_forward(config), donate_argnums=(4,))
     tokens = model.tokenizer.encode("def quicksort(items):\n    " * 40)[:prefix]
@@ -65,10 +92,11 @@ def bench(name: str, dtype: str, prefix: int, capacity: int, nodes: int, repeats
     one = jnp.array([[tokens[-1]]], jnp.int32)
     pos1 = jnp.array([[prefix]], jnp.int32)
     mask1 = decoder.causal_mask(jnp.array([prefix]), 1, capacity)
+    decode_fn, *decode_compile = _compile(fwd, params, one, pos1, mask1, cache)
 
     def decode():
         c = state["cache"]._replace(index=jnp.array([prefix], jnp.int32))
-        logits, state["cache"] = fwd(params, one, pos1, mask1, c)
+        logits, state["cache"] = decode_fn(params, one, pos1, mask1, c)
         return logits
 
     # (b) a `nodes`-node tree after the prefix.
@@ -79,20 +107,26 @@ def bench(name: str, dtype: str, prefix: int, capacity: int, nodes: int, repeats
     tmask = jnp.asarray(tmask)
     ttok = jnp.asarray(np.resize(tokens, nodes), jnp.int32)[None]
     tpos = jnp.asarray(prefix + depth)[None]
+    tree_fn, *tree_compile = _compile(fwd, params, ttok, tpos, tmask, cache)
 
     def tree():
         c = state["cache"]._replace(index=jnp.array([prefix], jnp.int32))
-        logits, state["cache"] = fwd(params, ttok, tpos, tmask, c)
+        logits, state["cache"] = tree_fn(params, ttok, tpos, tmask, c)
         return logits
 
-    for fn in (decode, tree):
-        jax.block_until_ready(fn())  # compile
     t_decode = _time(decode, repeats)
-    t_tree = _time(tree, max(3, repeats // 4))
+    t_tree = _time(tree, repeats)
     gen, pp = LLAMA_CPP.get(name, (float("nan"), float("nan")))
     return {
         "preset": name,
         "dtype": dtype,
+        "layers": "scan" if scan else "loop",
+        "load_s": load_s,
+        "load_peak_rss_gb": load_peak,
+        "decode_lower_s": decode_compile[0],
+        "decode_compile_s": decode_compile[1],
+        "tree_lower_s": tree_compile[0],
+        "tree_compile_s": tree_compile[1],
         "decode_ms": 1e3 * t_decode,
         "decode_tok_s": 1 / t_decode,
         "decode_ratio": (1 / t_decode) / gen,
@@ -111,24 +145,41 @@ def main(argv=None):
     parser.add_argument("--capacity", type=int, default=512)
     parser.add_argument("--nodes", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--layers", default="loop+scan", help="'+'-separated modes run in turn: loop, scan"
+    )
     args = parser.parse_args(argv)
+    modes = args.layers.split("+")
+    if not set(modes) <= {"loop", "scan"}:
+        parser.error(f"--layers takes loop and scan, got {args.layers!r}")
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.dtype}, "
-          f"prefix {args.prefix}, capacity {args.capacity}")  # fmt: skip
+          f"prefix {args.prefix}, capacity {args.capacity}, {args.nodes}-node tree")  # fmt: skip
     header = (
-        f"{'preset':<20}{'decode ms':>10}{'tok/s':>8}{'llama.cpp':>10}{'ratio':>7}"
+        f"{'preset':<20}{'layers':>7}{'decode ms':>10}{'tok/s':>8}{'llama.cpp':>10}{'ratio':>7}"
         f"{'tree ms':>9}{'tok/s':>8}{'llama.cpp pp':>13}{'ratio':>7}{'tree/dec':>9}"
     )
     print(header)
     for name in args.names:
         presets.get_preset(name)
-        r = bench(name, args.dtype, args.prefix, args.capacity, args.nodes, args.repeats)
         gen, pp = LLAMA_CPP.get(name, (float("nan"), float("nan")))
-        print(
-            f"{name:<20}{r['decode_ms']:>10.1f}{r['decode_tok_s']:>8.1f}{gen:>10.0f}"
-            f"{r['decode_ratio']:>7.2f}{r['tree_ms']:>9.1f}{r['tree_tok_s']:>8.1f}{pp:>13.0f}"
-            f"{r['tree_ratio']:>7.2f}{r['tree_over_decode']:>9.2f}",
-            flush=True,
-        )
+        for mode in modes:
+            r = bench(
+                name, args.dtype, mode == "scan", args.prefix, args.capacity, args.nodes,
+                args.repeats,
+            )  # fmt: skip
+            print(
+                f"{name:<20}{mode:>7}{r['decode_ms']:>10.1f}{r['decode_tok_s']:>8.1f}{gen:>10.0f}"
+                f"{r['decode_ratio']:>7.2f}{r['tree_ms']:>9.1f}{r['tree_tok_s']:>8.1f}"
+                f"{pp:>13.0f}{r['tree_ratio']:>7.2f}{r['tree_over_decode']:>9.2f}",
+                flush=True,
+            )
+            print(
+                f"{'':<27}compile s (trace+lower, XLA): decode {r['decode_lower_s']:.1f} + "
+                f"{r['decode_compile_s']:.1f}, tree {r['tree_lower_s']:.1f} + "
+                f"{r['tree_compile_s']:.1f}; load {r['load_s']:.1f} s, "
+                f"peak RSS so far {r['load_peak_rss_gb']:.2f} GB",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

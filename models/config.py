@@ -38,6 +38,12 @@ class ModelConfig:
       qkv_bias: whether q/k/v projections have biases (qwen2).
       tied_embeddings: output head is the transposed token embedding.
       dtype: compute and parameter dtype, 'float32' (default) or 'bfloat16'.
+      scan_layers: run the blocks under one scan, with their params stacked over layers
+        (`layers/...` [L, ...]), instead of an unrolled loop over per-layer params
+        (`layers_3/...`). XLA then compiles one block body: 2-5x less compile time on CPU,
+        but each call copies every layer's weights out of the stacked arrays (XLA:CPU reads
+        no dot operand through a dynamic slice), which costs 25-90% per call on CPU
+        (qwen2.5-coder-0.5b); hence off by default. See models/README.md.
       bos_id, eos_id, pad_id: special token ids (-1 when unknown).
       max_positions: trained context length (informational).
       name: human-readable name.
@@ -58,6 +64,7 @@ class ModelConfig:
     qkv_bias: bool
     tied_embeddings: bool
     dtype: str = "float32"
+    scan_layers: bool = False
     bos_id: int = -1
     eos_id: int = -1
     pad_id: int = -1

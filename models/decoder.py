@@ -9,8 +9,10 @@ The T new keys/values of row b are written at cache slots index[b] .. index[b]+T
 index advances by T. `attention_mask[b, t, s]` says whether query t of row b may attend
 slot s *after* the write. Prefill is a causal mask over the written slots, decode is
 `slots < length`, and a draft tree is the prefix slots plus the node's ancestors and itself,
-with positions = prefix length + depth. Letters: B batch, T new tokens, S cache capacity,
-D model width, H query heads, K kv heads, G = H // K, E head dim, V vocabulary.
+with positions = prefix length + depth. The blocks run in an unrolled loop or, with
+`config.scan_layers`, under one scan over params stacked by layer (see `LAYERS`).
+Letters: B batch, T new tokens, S cache capacity, D model width, H query heads, K kv heads,
+G = H // K, E head dim, V vocabulary.
 """
 
 from __future__ import annotations
@@ -186,16 +188,37 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One transformer block; `Decoder` runs them in a loop or under a scan."""
+
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, sin, cos, mask, k_all, v_all, layer, slots):
+    def __call__(self, x, k_all, v_all, layer, sin, cos, mask, slots):
+        """x [B,T,D]; k_all/v_all [L,B,S,K,E], written at `layer`; the rest as in Attention.
+
+        Returns:
+          (x after this block, (k_all, v_all)); a pair so that a scan can carry x and stack
+          the caches.
+        """
         c = self.config
         h = RMSNorm(c.rms_eps, jnp.dtype(c.dtype), name="attn_norm")(x)
         h, k_all, v_all = Attention(c, name="attn")(h, sin, cos, mask, k_all, v_all, layer, slots)
         x = x + h
         x = x + MLP(c, name="mlp")(RMSNorm(c.rms_eps, jnp.dtype(c.dtype), name="mlp_norm")(x))
-        return x, k_all, v_all
+        return x, (k_all, v_all)
+
+
+# With `config.scan_layers` the blocks run under one scan, so XLA compiles a single block
+# body whatever the depth. Their params are then stacked over layers: `layers/attn/q/kernel`
+# is [L, D, H*E]; unrolled they are per layer, `layers_3/attn/q/kernel` (as in checkpoints
+# and the converted caches; the loaders stack when asked).
+LAYERS = "layers"
+_ScannedBlocks = nn.scan(
+    Block,
+    variable_axes={"params": 0},
+    split_rngs={"params": True},
+    in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+)
 
 
 class Decoder(nn.Module):
@@ -213,10 +236,18 @@ class Decoder(nn.Module):
         sin, cos = rope_angles(positions, c.head_dim, c.rope_theta)
         slots = cache.index[:, None] + jnp.arange(t)[None, :]  # [B, T]
         k_all, v_all = cache.k, cache.v
-        for i in range(c.layers):
-            x, k_all, v_all = Block(c, name=f"layers_{i}")(
-                x, sin, cos, attention_mask, k_all, v_all, i, slots
+        if c.scan_layers:
+            # Each step gets its layer's slice as a one-layer cache [1, B, S, K, E] (layer 0)
+            # and the scan stacks the written slices back.
+            x, (k_all, v_all) = _ScannedBlocks(c, name=LAYERS)(
+                x, k_all[:, None], v_all[:, None], 0, sin, cos, attention_mask, slots
             )
+            k_all, v_all = k_all[:, 0], v_all[:, 0]
+        else:
+            for i in range(c.layers):
+                x, (k_all, v_all) = Block(c, name=f"{LAYERS}_{i}")(
+                    x, k_all, v_all, i, sin, cos, attention_mask, slots
+                )
         x = RMSNorm(c.rms_eps, dt, name="final_norm")(x)
         if c.tied_embeddings:
             logits = embed.attend(x)

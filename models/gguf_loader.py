@@ -8,15 +8,21 @@ their config says `rope_layout='interleaved'`, which is the matching rotation.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from models import config as config_lib
+from models import decoder
 from models.errors import ModelFileError
 
 CACHE_FORMAT = "rsd_jax-params-v1"
@@ -182,8 +188,9 @@ def expected_param_names(config: config_lib.ModelConfig) -> set[str]:
 
 
 def load_gguf(
-    path: str | os.PathLike, dtype: str | None = None, use_cache: bool = True, opened=None
-) -> tuple[config_lib.ModelConfig, dict]:
+    path: str | os.PathLike, dtype: str | None = None, use_cache: bool = True, opened=None,
+    scan_layers: bool = False,
+) -> tuple[config_lib.ModelConfig, dict]:  # fmt: skip
     """Loads a GGUF checkpoint as (config, params), converting once and caching on disk.
 
     Args:
@@ -191,6 +198,7 @@ def load_gguf(
       dtype: 'float32' (default) or 'bfloat16'; params are cast to it.
       use_cache: read/write the converted float32 cache under `cache_root()/converted`.
       opened: `open_gguf(path)`'s result if the caller already has it (used on a miss).
+      scan_layers: `ModelConfig.scan_layers` (params stacked over layers) or not.
 
     Returns:
       (ModelConfig, nested params dict of jax arrays).
@@ -209,8 +217,8 @@ def load_gguf(
     cached = converted_path(path) if use_cache else None
     config = cached_config(path) if use_cache else None
     if config is not None:
-        config = config.replace(dtype=dtype or config.dtype)
-        params = _read_cache(cached, config.dtype)
+        config = config.replace(dtype=dtype or config.dtype, scan_layers=scan_layers)
+        params = _read_cache(cached, config.dtype, scan_layers)
         if params is not None:
             return config, params
     reader, meta = opened or open_gguf(path)
@@ -220,8 +228,8 @@ def load_gguf(
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         save_file(flat, str(tmp), metadata={"format": CACHE_FORMAT, "config": config.to_json()})
         tmp.replace(cached)
-    config = config.replace(dtype=dtype or config.dtype)
-    return config, _flat_to_jax(flat, config.dtype)
+    config = config.replace(dtype=dtype or config.dtype, scan_layers=scan_layers)
+    return config, build_params(list(flat), flat.pop, config.dtype, scan_layers)
 
 
 def converted_path(path: str | os.PathLike, suffix: str = ".safetensors") -> Path:
@@ -246,34 +254,74 @@ def cached_config(path: str | os.PathLike) -> config_lib.ModelConfig | None:
     return None
 
 
-def _read_cache(cached: Path, dtype: str):
+def _read_cache(cached: Path, dtype: str, stack_layers: bool):
     """Params read tensor by tensor from a converted cache file (None if unusable)."""
-    import jax.numpy as jnp
     from safetensors import SafetensorError, safe_open
 
     try:
-        out = {}
         with safe_open(str(cached), "np") as f:
-            for name in f.keys():  # one tensor at a time keeps the peak memory near 1x
-                out[name] = jnp.asarray(f.get_tensor(name), jnp.dtype(dtype))
-        return unflatten(out)
+            return build_params(f.keys(), f.get_tensor, dtype, stack_layers)
     except (SafetensorError, OSError, ValueError):
         return None  # unreadable cache: the caller rebuilds it
 
 
-def _flat_to_jax(flat: dict[str, np.ndarray], dtype: str) -> dict:
-    """Moves a flat numpy dict to nested jax arrays, freeing each numpy array as it goes."""
-    import jax.numpy as jnp
+_PER_LAYER = re.compile(r"layers_(\d+)/(.+)")
 
-    out = {}
-    for name in list(flat):
-        out[name] = jnp.asarray(flat.pop(name), jnp.dtype(dtype))
+
+def build_params(
+    names: Iterable[str], get: Callable[[str], np.ndarray], dtype: str, stack_layers: bool
+) -> dict:
+    """Nested jax params from flat checkpoint tensors, one tensor at a time.
+
+    Args:
+      names: flat names of the tensors to take, per layer (`layers_3/attn/q/kernel`).
+      get: name -> numpy array, called once per name.
+      dtype: dtype of the params.
+      stack_layers: stack each kind of per-layer tensor into `layers/attn/q/kernel`
+        [L, ...] (the layout of `ModelConfig.scan_layers`). Each stacked array is filled in
+        place layer by layer, so reading lazily (a file) the peak memory stays near the
+        params' size plus one tensor; popping from an in-memory dict it can reach one
+        stacked kind more (its per-layer arrays are released only as they are copied).
+    """
+    dt = jnp.dtype(dtype)
+    out, kinds = {}, {}
+    for name in names:
+        match = _PER_LAYER.fullmatch(name)
+        if match is None or not stack_layers:
+            out[name] = jnp.asarray(get(name), dt)
+        else:
+            kinds.setdefault(match[2], {})[int(match[1])] = name
+    for rest, by_layer in kinds.items():
+        if sorted(by_layer) != list(range(len(by_layer))):
+            raise ModelFileError(f"{rest}: layers {sorted(by_layer)} are not 0..L-1")
+        stacked = None
+        for i in range(len(by_layer)):
+            w = get(by_layer[i])
+            if stacked is None:  # allocated once the per-layer shape is known
+                stacked = jnp.zeros((len(by_layer), *w.shape), dt)
+            stacked = _put_layer(stacked, i, w)
+        out[f"{decoder.LAYERS}/{rest}"] = stacked
     return unflatten(out)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_layer(stacked, i, w):
+    """stacked [L, ...] (donated: written in place) with row i set to w (cast)."""
+    return jax.lax.dynamic_update_index_in_dim(stacked, w.astype(stacked.dtype), i, 0)
+
+
+def per_layer_tensors(params: dict) -> dict[str, np.ndarray]:
+    """Flat numpy tensors named as in checkpoints (`layers_3/...`), from either layout."""
+    out = {}
+    for name, w in flatten(params).items():
+        head, _, rest = name.partition("/")
+        if head == decoder.LAYERS:
+            out.update((f"layers_{i}/{rest}", x) for i, x in enumerate(np.asarray(w)))
+        else:
+            out[name] = np.asarray(w)
+    return out
 
 
 def cast_params(params: dict, dtype: str) -> dict:
     """Casts every leaf to `dtype` (bfloat16 via ml_dtypes through jax.numpy)."""
-    import jax
-    import jax.numpy as jnp
-
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.dtype(dtype)), params)

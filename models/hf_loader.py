@@ -15,7 +15,14 @@ import numpy as np
 
 from models import config as config_lib
 from models.errors import ModelFileError
-from models.gguf_loader import cast_params, expected_param_names, flatten, unflatten
+from models.gguf_loader import (
+    build_params,
+    cast_params,
+    expected_param_names,
+    flatten,
+    per_layer_tensors,
+    unflatten,
+)
 
 _LAYER = {
     "input_layernorm.weight": "attn_norm/scale",
@@ -76,13 +83,14 @@ def valid_vocab_size(directory: Path) -> int | None:
 
 
 def load_hf_dir(
-    directory: str | os.PathLike, dtype: str | None = None
+    directory: str | os.PathLike, dtype: str | None = None, scan_layers: bool = False
 ) -> tuple[config_lib.ModelConfig, dict]:
     """Loads a safetensors checkpoint directory as (config, params).
 
     Args:
       directory: folder with config.json and *.safetensors (sharded or not).
       dtype: 'float32' (default) or 'bfloat16'.
+      scan_layers: `ModelConfig.scan_layers` (params stacked over layers) or not.
 
     Raises:
       ModelFileError: missing/unreadable files or missing tensors.
@@ -120,9 +128,8 @@ def load_hf_dir(
         raise ModelFileError(
             f"{directory} lacks tensors for {missing[:5]} ({len(missing)} missing)"
         )
-    if dtype is not None:
-        config = config.replace(dtype=dtype)
-    return config, cast_params(unflatten(flat), config.dtype)
+    config = config.replace(dtype=dtype or config.dtype, scan_layers=scan_layers)
+    return config, build_params(list(flat), flat.pop, config.dtype, scan_layers)
 
 
 def hf_config_dict(config: config_lib.ModelConfig) -> dict:
@@ -178,7 +185,7 @@ def save_hf_dir(
     import ml_dtypes
 
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
-    for name, w in flatten(params).items():
+    for name, w in per_layer_tensors(params).items():
         w = np.asarray(np.asarray(w, np.float32), np_dtype)
         if name in inverse:
             hf = inverse[name]

@@ -23,14 +23,17 @@ class LoadedModel(NamedTuple):
 
 
 def load_model(
-    name_or_path: str | os.PathLike, dtype: str | None = None, prepare: bool = True
-) -> LoadedModel:
+    name_or_path: str | os.PathLike, dtype: str | None = None, prepare: bool = True,
+    scan_layers: bool = False,
+) -> LoadedModel:  # fmt: skip
     """Loads a preset (prepared on demand), a local .gguf file, or a safetensors directory.
 
     Args:
       name_or_path: a key of `presets.PRESETS`, a .gguf path, or an HF-layout directory.
       dtype: 'float32' (default) or 'bfloat16'.
       prepare: for presets, download and assemble the GGUF if it is not cached yet.
+      scan_layers: run the blocks under a scan, params stacked over layers (faster to
+        compile, slower to run on CPU; see `ModelConfig.scan_layers`).
 
     Returns:
       LoadedModel(config, params, tokenizer); tokenizer is None for a directory without
@@ -42,10 +45,11 @@ def load_model(
     """
     path = _resolve(name_or_path, prepare)
     if path.is_dir():
-        config, params = hf_loader.load_hf_dir(path, dtype)
+        config, params = hf_loader.load_hf_dir(path, dtype, scan_layers)
         has_tok = (path / "tokenizer.json").is_file()
         return LoadedModel(config, params, tokenizer_lib.from_files(path) if has_tok else None)
-    return LoadedModel(*gguf_loader.load_gguf(path, dtype), _gguf_tokenizer(path))
+    config, params = gguf_loader.load_gguf(path, dtype, scan_layers=scan_layers)
+    return LoadedModel(config, params, _gguf_tokenizer(path))
 
 
 def _resolve(name_or_path: str | os.PathLike, prepare: bool) -> Path:

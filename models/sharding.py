@@ -9,6 +9,9 @@ after attention and one after the MLP and no weight is ever gathered:
 - The embedding and the output head are optionally vocabulary-parallel (rows of the
   embedding, columns of the head).
 - Norm scales are replicated.
+- With `ModelConfig.scan_layers` the blocks' params are stacked over layers
+  (`decoder.LAYERS`): the layer axis comes first and is never split, so every layer's slice
+  keeps the layout above.
 
 A dimension is only split when it divides evenly over the model axis; otherwise that weight
 is replicated (correct, just not split). Attention is split only when the kv-head count
@@ -29,6 +32,7 @@ import jax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from models import decoder
 from models.config import ModelConfig
 from rsd_jax.sharding import DATA, MODEL, ModelSharding
 
@@ -40,6 +44,8 @@ def _split(size: int, model: int):
 
 def rules(config: ModelConfig, model: int, vocab_parallel: bool = True) -> list[tuple[str, P]]:
     """(regex over the param path 'layers_0/attn/q/kernel', PartitionSpec) pairs, in order.
+
+    The specs are per layer; `param_specs` puts None in front for a stacked layer axis.
 
     Args:
       config: the model's config.
@@ -80,6 +86,8 @@ def param_specs(params, config: ModelConfig, model: int, vocab_parallel: bool = 
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         for rx, spec in table:
             if rx.search(name):
+                if name.startswith(f"{decoder.LAYERS}/"):
+                    spec = P(None, *spec)  # [L, ...]: the layer axis stays whole
                 if len(spec) > leaf.ndim:
                     raise ValueError(f"rule {rx.pattern} has rank {len(spec)}; {name} {leaf.shape}")
                 return spec

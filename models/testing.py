@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from models.config import ModelConfig
-from models.gguf_loader import flatten
+from models.gguf_loader import build_params, per_layer_tensors
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 MERGES = ("Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r")
@@ -51,6 +51,12 @@ def tiny_config(arch="llama", **kw) -> ModelConfig:
     )  # fmt: skip
     base.update(kw)
     return ModelConfig(**base)
+
+
+def scanned(config: ModelConfig, params) -> tuple[ModelConfig, dict]:
+    """The same model with `scan_layers=True`: its per-layer params stacked over layers."""
+    flat = per_layer_tensors(params)
+    return config.replace(scan_layers=True), build_params(list(flat), flat.pop, config.dtype, True)
 
 
 def permute_rows(w: np.ndarray, heads: int) -> np.ndarray:
@@ -115,7 +121,7 @@ def write_tiny_gguf(
     writer.add_add_bos_token(False)
     if chat_template:
         writer.add_chat_template(chat_template)
-    for name, w in flatten(params).items():
+    for name, w in per_layer_tensors(params).items():
         w = np.asarray(w, np.float32)
         if name.endswith("kernel"):
             w = np.ascontiguousarray(w.T)  # GGUF stores (out, in)

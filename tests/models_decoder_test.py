@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder
+from models import decoder, testing
 from models.config import ModelConfig
 from models.errors import PromptTooLongError
 
@@ -44,6 +44,14 @@ CONFIGS = {
     ),  # fmt: skip
     "llama_rotate_half_bias_mha": tiny_config(rope_layout="rotate_half", qkv_bias=True, kv_heads=6),
     "qwen2_interleaved_untied": tiny_config(arch="qwen2", tied_embeddings=False, kv_heads=1),
+    "qwen2_rotate_half_bias_untied_scan": tiny_config(
+        arch="qwen2",
+        rope_layout="rotate_half",
+        qkv_bias=True,
+        tied_embeddings=False,
+        valid_vocab_size=90,
+        scan_layers=True,
+    ),  # fmt: skip
 }
 
 
@@ -253,3 +261,42 @@ def test_decode_steps_do_not_recompile():
     for t in range(5):
         _, cache = step(params, jnp.full((2, 1), t, jnp.int32), cache)
     np.testing.assert_array_equal(cache.index, [5, 5])
+
+
+@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if not c.scan_layers])
+def test_scanned_layers_equal_the_loop(name):
+    """The same weights stacked for `scan_layers` give the loop's logits and caches exactly:
+    the scan body is the same block on the same values (a prefill, then one decode step)."""
+    config = CONFIGS[name]
+    params = decoder.init_params(config, jax.random.key(11))
+    scan_config, scan_params = testing.scanned(config, params)
+    layers, c = scan_params[decoder.LAYERS], config
+    chex.assert_shape(layers["attn"]["q"]["kernel"], (c.layers, c.hidden, c.heads * c.head_dim))
+    chex.assert_shape(layers["mlp_norm"]["scale"], (c.layers, c.hidden))
+    tokens = jax.random.randint(jax.random.key(12), (2, 6), 0, config.valid_vocab_size)
+    outs = []
+    for cfg, p in ((config, params), (scan_config, scan_params)):
+        cache = decoder.init_cache(cfg, 2, 8)
+        last, cache = decoder.prefill(cfg, p, tokens[:, :5], jnp.array([5, 3]), cache)
+        mask = decoder.causal_mask(cache.index, 1, 8)
+        step, cache = decoder.forward(cfg, p, tokens[:, 5:], cache.index[:, None], mask, cache)
+        outs.append((last, step, cache))
+    chex.assert_trees_all_equal(outs[0], outs[1])
+
+
+def _dot_count(layers: int, scan: bool) -> int:
+    """Matmuls in the lowered program of one forward (abstract params: nothing runs)."""
+    config = tiny_config(layers=layers, scan_layers=scan)
+    params = jax.eval_shape(lambda: decoder.init_params(config, jax.random.key(0)))
+    cache = decoder.init_cache(config, 1, 8)
+    tokens = jnp.zeros((1, 2), jnp.int32)
+    mask = decoder.causal_mask(cache.index, 2, 8)
+    lowered = jax.jit(decoder.make_forward(config)).lower(params, tokens, tokens, mask, cache)
+    return lowered.as_text().count("dot_general")
+
+
+def test_scan_compiles_one_block_whatever_the_depth():
+    """With scan_layers the program holds one block body (q, k, v, o, gate, up, down and two
+    attention einsums: 9 matmuls) at any depth; the loop holds one block per layer."""
+    assert _dot_count(2, scan=True) == _dot_count(5, scan=True)
+    assert _dot_count(5, scan=False) - _dot_count(2, scan=False) == 3 * 9

@@ -60,6 +60,29 @@ def test_safetensors_round_trip(tmp_path, arch, shard):
     chex.assert_trees_all_equal(_logits(loaded, loaded_params), _logits(config, params))
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_loaders_stack_layers_for_scan(tmp_path, arch):
+    """scan_layers=True: every loader returns the unrolled load's weights stacked over layers
+    (float32 and bfloat16, converted or cached), and stacked params save as a checkpoint."""
+    config, params = _hf_model(arch)
+    scan_config, scan_params = testing.scanned(config, params)
+    save_hf_dir(scan_config, scan_params, tmp_path / "hf")
+    chex.assert_trees_all_equal(load_hf_dir(tmp_path / "hf")[1], params)
+    loaded, loaded_params = load_hf_dir(tmp_path / "hf", scan_layers=True)
+    assert loaded.scan_layers and loaded.replace(name=config.name) == scan_config
+    chex.assert_trees_all_equal(loaded_params, scan_params)
+
+    path = testing.write_tiny_gguf(tmp_path / "t.gguf", scan_config, scan_params)
+    for dtype in ("float32", "bfloat16"):
+        loop = load_model(path, dtype=dtype)  # the first load converts and caches
+        want = testing.scanned(loop.config, loop.params)
+        converted = gguf_loader.load_gguf(path, dtype, use_cache=False, scan_layers=True)
+        cached = load_model(path, dtype=dtype, scan_layers=True)
+        for got in (converted, (cached.config, cached.params)):
+            assert got[0] == want[0]
+            chex.assert_trees_all_equal(got[1], want[1])
+
+
 def test_bfloat16_checkpoint_loads_as_float32(tmp_path):
     config, params = _hf_model("llama")
     save_hf_dir(config, params, tmp_path, dtype="bfloat16")

@@ -46,11 +46,11 @@ CASES = [
 def loaded():
     cache = {}
 
-    def get(name):
-        if name not in cache:
+    def get(name, scan_layers=False):
+        if (name, scan_layers) not in cache:
             cache.clear()  # keep at most one model in memory
-            cache[name] = load_model(name)
-        return cache[name]
+            cache[name, scan_layers] = load_model(name, scan_layers=scan_layers)
+        return cache[name, scan_layers]
 
     return get
 
@@ -113,6 +113,18 @@ def _assert_parity(model, name, first):
 @pytest.mark.parametrize("name,first", CASES)
 def test_logits_match_reference(loaded, name, first):
     _assert_parity(loaded(name), name, first)
+
+
+@pytest.mark.parametrize("name,first", CASES)
+def test_scanned_layers_match_the_loop(loaded, name, first):
+    """With scan_layers (block params stacked, one scanned block) the logits equal the
+    unrolled loop's exactly, so its parity with the reference (above) carries over."""
+    del first
+    ref, prompts = _reference(name)
+    id_lists = [ref[f"{p}/ids"] for p in prompts]
+    loop = _our_logits(loaded(name), id_lists)
+    scan = _our_logits(loaded(name, scan_layers=True), id_lists)
+    np.testing.assert_array_equal(scan, loop)
 
 
 def test_hf_export_of_real_model_matches_reference(loaded, tmp_path):

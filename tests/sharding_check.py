@@ -7,8 +7,9 @@ JAX fixes the device count when it starts, so this runs apart from the test suit
     python -m tests.sharding_check [outputs] [hlo]      # both parts by default
 
 It decodes a batch of 8 prompts with a tiny random target (16 heads, 8 kv heads: split over
-the model axis) and draft (4 heads, 2 kv heads: attention replicated, the fallback) on one
-device and on meshes 1x8, 2x4 and 8x1, for RSD-C and RSD-S at three sampling settings, and
+the model axis; layers under a scan, params stacked) and draft (4 heads, 2 kv heads:
+attention replicated, the fallback; layers unrolled) on one device and on meshes 1x8, 2x4
+and 8x1, for RSD-C and RSD-S at three sampling settings, and
 records whether outputs, counters, committed caches and placements match. It also compiles
 the sharded step and lists its collectives, and does the same for a negative control whose
 step forces the sharded weights to be replicated (so weights must be gathered).
@@ -49,10 +50,11 @@ ROW_PARALLEL = ("attn/o/", "mlp/down/")
 
 
 def models():
-    """(target, draft) as rsd_jax Models with the decoder's partition rules."""
+    """(target, draft) as rsd_jax Models with the decoder's partition rules; the target
+    scans its layers (stacked params), the draft loops over them, so both layouts run."""
     t_cfg = testing.tiny_config(
         "qwen2", vocab_size=VOCAB, valid_vocab_size=VALID, hidden=64, heads=16, kv_heads=8,
-        head_dim=8, mlp_hidden=128,
+        head_dim=8, mlp_hidden=128, scan_layers=True,
     )  # fmt: skip
     d_cfg = testing.tiny_config("llama", vocab_size=VOCAB, valid_vocab_size=VALID, layers=1)
     target = LoadedModel(t_cfg, decoder.init_params(t_cfg, jax.random.PRNGKey(0)), None)
@@ -153,14 +155,27 @@ def compare_outputs(target, draft, batch_prompts):
     return dict(cases=cases, batch_error=batch_error)
 
 
+def _matrices(params):
+    """(leaf, stacked) for every weight matrix: rank >= 2 per layer, the blocks' params being
+    stacked [L, ...] (so a stacked bias [L, F] is no matrix)."""
+    out = []
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        stacked = path[0].key == decoder.LAYERS
+        if x.ndim - stacked >= 2:
+            out.append((x, stacked))
+    return out
+
+
 def _weight_sizes(*param_trees):
-    """Element counts of every weight matrix (ndim >= 2)."""
-    return {
-        int(np.prod(x.shape)): f"{'x'.join(map(str, x.shape))}"
-        for tree in param_trees
-        for x in jax.tree.leaves(tree)
-        if x.ndim >= 2
-    }
+    """Element counts of every weight matrix, whole and, for stacked ones, one layer's slice
+    (what a gather inside the scanned blocks would move)."""
+    sizes = {}
+    for tree in param_trees:
+        for x, stacked in _matrices(tree):
+            sizes[int(np.prod(x.shape))] = "x".join(map(str, x.shape))
+            if stacked:
+                sizes[int(np.prod(x.shape[1:]))] = "x".join(map(str, x.shape[1:])) + " (a layer)"
+    return sizes
 
 
 def audit(collectives, weight_sizes, cache_sizes):
@@ -228,8 +243,7 @@ def inspect_hlo(target, draft, batch_prompts):
         report["sharded_weights"] = sum(
             any(axis is not None for axis in x.sharding.spec)
             for tree in (t.params, d.params)
-            for x in jax.tree.leaves(tree)
-            if x.ndim >= 2
+            for x, _ in _matrices(tree)
         )
         out[mesh_text] = report
     return out

@@ -145,13 +145,17 @@ def test_committed_caches_match_and_state_is_placed(outputs):
 
 @pytest.mark.parametrize("mesh", ["1x8", "2x4"])
 def test_row_parallel_matmuls_all_reduce(hlo, mesh):
-    """Target: every layer's o and down projections end in an all-reduce over "model"."""
+    """Target (scanned layers): the o and down projections end in an all-reduce over "model"
+    in the scan's loop body, so after every layer's; draft (unrolled, attention replicated):
+    its layer's down projection does."""
     names = hlo[mesh]["row_parallel_all_reduces"]
-    for layer in range(2):
-        for proj in ("attn/o", "mlp/down"):
-            want = f"layers_{layer}/{proj}/"
-            assert any(n.startswith(want) for n in names), f"{mesh}: no all-reduce at {want}"
-    assert hlo[mesh]["sharded_weights"] >= 16, hlo[mesh]  # 7 per target layer + embed + head
+    for proj in ("attn/o", "mlp/down"):
+        want = f"/{decoder.LAYERS}/{proj}/"
+        found = any(n.startswith("while/body/") and want in n for n in names)
+        assert found, f"{mesh}: no all-reduce at {want} in a loop body: {names}"
+    assert any(n.startswith(f"{decoder.LAYERS}_0/mlp/down/") for n in names), names
+    # Target: 7 stacked block matrices + embed + head; draft: 3 MLP matrices + embed.
+    assert hlo[mesh]["sharded_weights"] >= 13, hlo[mesh]
 
 
 def test_data_parallel_has_no_model_collectives(hlo):
@@ -213,6 +217,25 @@ def test_partition_rules_split_or_fall_back():
     assert model_sharding.cache_spec(config, 32) == P(None, "data", None, None, None)
     no_vocab = model_sharding.param_specs(params, config, model=8, vocab_parallel=False)
     assert no_vocab["embed"]["embedding"] == P(None, None)
+
+
+def test_partition_rules_of_stacked_layers():
+    """With scan_layers each block param is stacked [L, ...]: its spec is the per-layer one
+    with the layer axis (first) never split, for every param and model-axis size."""
+    config = testing.tiny_config("qwen2", heads=16, kv_heads=8, mlp_hidden=48, vocab_size=272)
+    params = decoder.init_params(config, jax.random.PRNGKey(0))
+    scan_config, scan_params = testing.scanned(config, params)
+    for model in (8, 32):
+        loop = model_sharding.param_specs(params, config, model=model)
+        scan = model_sharding.param_specs(scan_params, scan_config, model=model)
+        assert scan[decoder.LAYERS] == jax.tree.map(
+            lambda spec: P(None, *spec), loop["layers_0"], is_leaf=lambda x: isinstance(x, P)
+        )
+        assert {k: v for k, v in scan.items() if k != decoder.LAYERS} == {
+            k: v for k, v in loop.items() if not k.startswith("layers_")
+        }
+    attn = model_sharding.param_specs(scan_params, scan_config, model=8)[decoder.LAYERS]["attn"]
+    assert attn["o"]["kernel"] == P(None, "model", None) and attn["q"]["bias"] == P(None, "model")
 
 
 def test_unknown_parameter_has_no_rule():
