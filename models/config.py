@@ -94,7 +94,11 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The model's identity: `scan_layers` (how the blocks run, results identical) is
+        left out, so converted caches and experiment workdirs do not depend on it."""
+        fields = dataclasses.asdict(self)
+        del fields["scan_layers"]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:

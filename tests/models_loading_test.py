@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from models import decoder, gguf_loader, presets, testing
+from models.config import ModelConfig
 from models.errors import (
     HashMismatchError,
     IncompatibleModelsError,
@@ -321,3 +322,11 @@ def test_prepare_command_line(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         prepare_cli.main(["no-such-model"])
     assert "unknown preset 'no-such-model'" in capsys.readouterr().err
+
+
+def test_scan_layers_is_not_part_of_the_model_identity():
+    """Caches and experiment workdirs key on `to_json`; the layer layout must not change it."""
+    config = testing.tiny_config()
+    scanned = config.replace(scan_layers=True)
+    assert scanned.to_json() == config.to_json()
+    assert ModelConfig.from_json(scanned.to_json()) == config  # scan_layers=False again
