@@ -92,8 +92,9 @@ def real_models(config) -> Bundle:
     that they share a tokenizer."""
     from models import adapter, loading
 
-    target = loading.load_model(config.target, dtype=config.dtype)
-    draft = loading.load_model(config.draft, dtype=config.dtype)
+    kw = dict(dtype=config.dtype, scan_layers=config.scan_layers)
+    target = loading.load_model(config.target, **kw)
+    draft = loading.load_model(config.draft, **kw)
     loading.check_compatible(draft, target)
     tok = target.tokenizer
     eos = tok.eos_id if tok is not None else target.config.eos_id

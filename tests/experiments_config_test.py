@@ -85,3 +85,26 @@ def test_compile_cache_is_written_and_reused(tmp_path):
     again, (hits, misses) = go()
     assert again == value and hits > 0 and misses == 0
     assert run.enable_compile_cache("") is None
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_scan_layers_reaches_the_loaders(tmp_path, monkeypatch, scan):
+    """Config key scan_layers: both models load with the stacked (or per-layer) layout."""
+    import jax
+
+    from experiments import sources
+    from experiments.configs import default
+    from models import decoder, testing
+
+    monkeypatch.setenv("RSD_JAX_CACHE", str(tmp_path / "cache"))
+    config = testing.tiny_config("qwen2", rope_layout="rotate_half")
+    paths = [
+        testing.write_tiny_gguf(tmp_path / f"{n}.gguf", config, decoder.init_params(config, k))
+        for n, k in (("t", jax.random.key(0)), ("d", jax.random.key(1)))
+    ]
+    arg = f"target={paths[0]},draft={paths[1]},scan_layers={str(scan).lower()}"
+    bundle = sources.real_models(default.get_config(arg))
+    for model in (bundle.target, bundle.draft):
+        assert (decoder.LAYERS in model.params) == scan
+        assert ("layers_0" in model.params) == (not scan)
+    assert "scan_layers" not in bundle.info["target_config"]  # workdirs do not depend on it

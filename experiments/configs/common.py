@@ -55,6 +55,7 @@ SPECULATIVE_DEFAULTS = dict(
     target="qwen2.5-coder-1.5b",  # preset name or local path (.gguf / safetensors dir)
     draft="qwen2.5-coder-0.5b",
     dtype="float32",
+    scan_layers=False,  # blocks under one scan: faster compiles, slower calls on CPU
     dataset="humaneval+chat+summarise+translate+shakespeare",
     num_prompts=5,  # in all, spread round-robin over the datasets in order
     max_new_tokens=32,
