@@ -45,9 +45,10 @@ def ratio_ci(num, den, idx) -> tuple[float, list[float]]:
     return est, _ci(boot)
 
 
-def paired_rate_ratio(paired, field: str, idx) -> tuple[float, list[float]]:
-    """Token rate of a method over AR's on the same prompts (time from ``field``)."""
-    m = np.array([[x["num_tokens"], x[field], a["num_tokens"], a[field]] for x, a in paired], float)
+def paired_ratio(paired, num: str, den: str, idx) -> tuple[float, list[float]]:
+    """``(sum x[num] / sum x[den]) / (sum a[num] / sum a[den])`` over pairs ``(x, a)`` of
+    records on the same prompt, with its bootstrap interval (prompts resampled jointly)."""
+    m = np.array([[x[num], x[den], a[num], a[den]] for x, a in paired], float)
     ratio = (m[:, 0].sum() / m[:, 1].sum()) / (m[:, 2].sum() / m[:, 3].sum())
     boot = (m[idx, 0].sum(1) / m[idx, 1].sum(1)) / (m[idx, 2].sum(1) / m[idx, 3].sum(1))
     return float(ratio), _ci(boot)
@@ -138,7 +139,7 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
         if paired:
             pidx = _boot_idx(len(paired), samples, seed=2)
             for name, field in (("", "seconds"), ("decode_", "decode_seconds")):
-                ratio, ci = paired_rate_ratio(paired, field, pidx)
+                ratio, ci = paired_ratio(paired, "num_tokens", field, pidx)
                 entry[f"{name}token_rate_ratio_vs_ar"] = ratio
                 entry[f"{name}token_rate_ratio_vs_ar_ci"] = ci
             if all(x["temperature"] == 0 for x, _ in paired):
@@ -195,21 +196,9 @@ def auto_vs_hand_picked(specs, keys, records, samples: int) -> list[dict]:
             continue
 
         best = max(rivals, key=lambda s: _eta(rows[s.label], common))
-        # per prompt: auto generated, auto calls, best generated, best calls
-        m = np.array(
-            [
-                [
-                    rows[lab][k][f]
-                    for lab in (a.label, best.label)
-                    for f in ("generated", "target_calls")
-                ]
-                for k in common
-            ],
-            float,
-        )
+        pairs = [(rows[a.label][k], rows[best.label][k]) for k in common]
         idx = _boot_idx(len(common), samples, seed=3)
-        ratio = (m[:, 0].sum() / m[:, 1].sum()) / (m[:, 2].sum() / m[:, 3].sum())
-        boot = (m[idx, 0].sum(1) / m[idx, 1].sum(1)) / (m[idx, 2].sum(1) / m[idx, 3].sum(1))
+        ratio, ratio_ci = paired_ratio(pairs, "generated", "target_calls", idx)
         out.append(
             dict(
                 budget=a.sweep_value,
@@ -219,8 +208,8 @@ def auto_vs_hand_picked(specs, keys, records, samples: int) -> list[dict]:
                 best=best.label,
                 best_shape=f"{best.name} {best.shape}",
                 best_block_efficiency=_eta(rows[best.label], common),
-                ratio=float(ratio),
-                ratio_ci=_ci(boot),
+                ratio=ratio,
+                ratio_ci=ratio_ci,
                 num_prompts=len(common),
             )
         )
