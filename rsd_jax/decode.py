@@ -129,7 +129,8 @@ class Engine:
         cache = prompt_bucket + max_new_tokens + spec.num_nodes + 2
         return buffer, cache
 
-    def _probs(self, state: DecodeState, logits: Array) -> Array:
+    def probs(self, state: DecodeState, logits: Array) -> Array:
+        """The sampling law (``[..., V]`` float32) of ``logits`` under the state's settings."""
         banned = None
         if self.valid_vocab_size is not None:
             banned = transforms.vocab_mask(self.vocab_size, self.valid_vocab_size)
@@ -137,86 +138,92 @@ class Engine:
             logits.astype(jnp.float32), state.temperature, state.top_k, state.top_p, banned
         )
 
-    def step(self, state: DecodeState, target_params, draft_params) -> DecodeState:
-        """One speculative round for every row. Pure; jit it with the state donated."""
-        spec, verifier = self.method.spec, self.method.verifier
-        depth, num_nodes = spec.depth, spec.num_nodes
-        batch = state.length.shape[0]
-        rows = jnp.arange(batch)
-        n = state.length
-        active = ~state.done
-        round_keys = jax.vmap(jax.random.fold_in)(state.key, state.round)
-        k_draft, k_verify = jnp.moveaxis(jax.vmap(jax.random.split)(round_keys), 1, 0)
+    def score(self, state, apply, params, cache, tokens, positions, mask, start):
+        """Scores ``tokens`` ``[B, T]`` written from cache slot ``start`` ``[B]`` with ``mask``.
+
+        The unit every model call of a round is made of. Returns ``(probs [B, T, V], cache)``.
+        """
+        logits, cache = apply(params, tokens, positions, mask, kv_cache.set_index(cache, start))
+        return self.probs(state, logits), cache
+
+    def draft(self, state: DecodeState, draft_params, keys: Array):
+        """Phase 1: every row's draft tree and the draft law at its internal nodes.
+
+        Level 0 feeds ``[t_{n-1}, root]`` at slots ``n-1, n`` (so the draft cache is
+        complete even after a round that accepted a leaf the draft never scored); level
+        ``l >= 1`` scores that level's nodes with tree attention on the draft cache.
+
+        Returns:
+          ``(tree, draft_probs [B, N+1, V], draft_cache)``.
+        """
+        spec = self.method.spec
+        rows, n = jnp.arange(state.length.shape[0]), state.length
         root = state.tokens[rows, n]
-        tree = jax.vmap(lambda r: drafting.empty_tree(spec, r))(root)
+        cap = kv_cache.capacity(state.draft_cache) if spec.depth > 0 else 0
 
-        draft_cache = state.draft_cache
-        draft_probs = jnp.zeros((batch, num_nodes + 1, self.vocab_size), jnp.float32)
-        if depth > 0:
-            cap = kv_cache.capacity(draft_cache)
-            start = n - 1
-            toks = jnp.stack([state.tokens[rows, start], root], axis=1)
-            logits, draft_cache = self.draft_apply(
-                draft_params,
-                toks,
-                start[:, None] + jnp.arange(2)[None, :],
-                kv_cache.causal_prefix_mask(start, 2, cap),
-                kv_cache.set_index(draft_cache, start),
-            )
-            level_probs = self._probs(state, logits[:, 1:2])
-            draft_probs = draft_probs.at[:, 0:1].set(level_probs)
-            carry = jax.vmap(lambda _: drafting.init_carry(spec))(rows)
-            for level in range(1, depth + 1):
-                expand = functools.partial(
-                    drafting.expand_level,
-                    spec=spec,
-                    level=level,
-                    sbs_truncate=self.sbs_truncate,
+        def level_fn(tree, level, cache):
+            if level == 0:
+                start = n - 1
+                toks = jnp.stack([state.tokens[rows, start], root], axis=1)
+                pos = start[:, None] + jnp.arange(2)[None, :]
+                mask = kv_cache.causal_prefix_mask(start, 2, cap)
+                logits, cache = self.draft_apply(
+                    draft_params, toks, pos, mask, kv_cache.set_index(cache, start)
                 )
-                level_keys = jax.vmap(jax.random.fold_in, (0, None))(k_draft, level)
-                tree, carry = jax.vmap(
-                    lambda k, t, p, c, f=expand: f(key=k, tree=t, probs=p, carry=c)
-                )(level_keys, tree, level_probs, carry)
-                if level == depth:
-                    break
-                sl = spec.level_slice(level)
-                anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, depth)
-                size = sl.stop - sl.start
-                logits, draft_cache = self.draft_apply(
-                    draft_params,
-                    tree.tokens[:, sl],
-                    jnp.broadcast_to((n + level)[:, None], (batch, size)),
-                    kv_cache.prefix_tree_mask(n, anc[:, sl], cap),
-                    kv_cache.set_index(draft_cache, n + sl.start),
-                )
-                level_probs = self._probs(state, logits)
-                draft_probs = draft_probs.at[:, sl].set(level_probs)
+                return self.probs(state, logits[:, 1:2]), cache
+            sl = spec.level_slice(level)
+            anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, spec.depth)
+            pos = jnp.broadcast_to((n + level)[:, None], (rows.shape[0], sl.stop - sl.start))
+            mask = kv_cache.prefix_tree_mask(n, anc[:, sl], cap)
+            return self.score(
+                state, self.draft_apply, draft_params, cache, tree.tokens[:, sl], pos, mask,
+                n + sl.start,
+            )  # fmt: skip
 
-        target_cache = state.target_cache
-        anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, depth)
-        logits, target_cache = self.target_apply(
-            target_params,
-            tree.tokens,
-            tree_lib.node_positions(tree.depth, n),
-            kv_cache.prefix_tree_mask(n, anc, kv_cache.capacity(target_cache)),
-            kv_cache.set_index(target_cache, n),
+        tree, draft_probs, cache = drafting.draft_batch(
+            keys, spec, root, level_fn, state.draft_cache, self.sbs_truncate
         )
-        target_probs = self._probs(state, logits)
+        if draft_probs is None:  # AR: no draft levels
+            draft_probs = jnp.zeros((rows.shape[0], spec.num_nodes + 1, self.vocab_size))
+        return tree, draft_probs, cache
+
+    def score_tree(self, state: DecodeState, tree, target_params):
+        """Phase 2: one target call over root + all nodes (ancestor mask, depth positions),
+        written at slots ``n .. n+N``. Returns ``(target_probs [B, N+1, V], target_cache)``."""
+        n = state.length
+        cap = kv_cache.capacity(state.target_cache)
+        anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, self.method.spec.depth)
+        mask = kv_cache.prefix_tree_mask(n, anc, cap)
+        positions = tree_lib.node_positions(tree.depth, n)
+        return self.score(
+            state, self.target_apply, target_params, state.target_cache, tree.tokens, positions,
+            mask, n,
+        )  # fmt: skip
+
+    def verify(self, keys: Array, tree, target_probs: Array, draft_probs: Array):
+        """Phase 3: the method's tree verifier on every row (a batched ``WalkResult``)."""
+        spec = self.method.spec
         if self.method.traversal:
             verify_one = functools.partial(traversal.verify_tree, spec=spec, eos_id=self.eos_id)
         else:
             verify_one = functools.partial(
-                walk.verify_tree, spec=spec, verifier=verifier, eos_id=self.eos_id
+                walk.verify_tree, spec=spec, verifier=self.method.verifier, eos_id=self.eos_id
             )
-        res = jax.vmap(lambda k, t, q, p: verify_one(k, tree=t, target_probs=q, draft_probs=p))(
-            k_verify, tree, target_probs, draft_probs
+        return jax.vmap(lambda k, t, q, p: verify_one(k, tree=t, target_probs=q, draft_probs=p))(
+            keys, tree, target_probs, draft_probs
         )
 
+    def commit(self, state: DecodeState, res, target_cache, draft_cache) -> DecodeState:
+        """Phase 4: moves the accepted nodes' KV to slots ``n+1 ..`` in both caches, appends
+        the emitted tokens, and counts the round (finished rows change nothing)."""
+        spec = self.method.spec
+        rows, n = jnp.arange(state.length.shape[0]), state.length
+        active = ~state.done
         accepted = jnp.where(active, res.num_accepted, 0)
         emitted = jnp.where(active, res.num_emitted, 0)
         src = n[:, None] + jnp.maximum(res.path, 0)
         target_cache = kv_cache.commit_path(target_cache, src, n + 1, accepted)
-        if depth > 0:
+        if spec.depth > 0:
             draft_cache = kv_cache.commit_path(draft_cache, src, n + 1, accepted)
         width = res.tokens.shape[1]
         slots = n[:, None] + 1 + jnp.arange(width)[None, :]
@@ -224,31 +231,16 @@ class Engine:
             jnp.arange(width)[None, :] < emitted[:, None], slots, state.tokens.shape[1]
         )
         tokens = state.tokens.at[rows[:, None], slots].set(res.tokens, mode="drop")
-
         c = state.counters
         one = active.astype(jnp.int32)
         generated = c.generated + emitted
-        counters = Counters(
+        counters = c._replace(
             target_calls=c.target_calls + one,
-            draft_calls=c.draft_calls + one * depth,
+            draft_calls=c.draft_calls + one * spec.depth,
             generated=generated,
             accepted_hist=c.accepted_hist.at[rows, accepted].add(one),
-            nodes_scored=c.nodes_scored + one * num_nodes,
-            probes=c.probes,
+            nodes_scored=c.nodes_scored + one * spec.num_nodes,
         )
-        if self.probes and depth > 0:
-            found = jax.vmap(lambda t, q, p, r: probe_lib.round_probes(spec, verifier, t, q, p, r))(
-                tree, target_probs, draft_probs, res
-            )
-            counters = counters._replace(
-                probes=jax.tree.map(
-                    lambda acc, x: (
-                        acc + jnp.where(active.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
-                    ),
-                    c.probes,
-                    found,
-                )
-            )
         done = state.done | (active & (res.hit_eos | (generated >= state.max_new)))
         return state._replace(
             tokens=tokens,
@@ -259,3 +251,31 @@ class Engine:
             draft_cache=draft_cache,
             counters=counters,
         )
+
+    def add_probes(self, state, tree, target_probs, draft_probs, res) -> DecodeState:
+        """Adds this round's exact diagnostics (:mod:`rsd_jax.probes`) to the counters."""
+        spec, verifier = self.method.spec, self.method.verifier
+        found = jax.vmap(lambda t, q, p, r: probe_lib.round_probes(spec, verifier, t, q, p, r))(
+            tree, target_probs, draft_probs, res
+        )
+        active = ~state.done
+
+        def add(acc, x):
+            return acc + jnp.where(active.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
+
+        c = state.counters
+        return state._replace(counters=c._replace(probes=jax.tree.map(add, c.probes, found)))
+
+    def step(self, state: DecodeState, target_params, draft_params) -> DecodeState:
+        """One speculative round for every row: draft -> score -> verify -> commit.
+
+        Pure; jit it with the state donated.
+        """
+        round_keys = jax.vmap(jax.random.fold_in)(state.key, state.round)
+        k_draft, k_verify = jnp.moveaxis(jax.vmap(jax.random.split)(round_keys), 1, 0)
+        tree, draft_probs, draft_cache = self.draft(state, draft_params, k_draft)
+        target_probs, target_cache = self.score_tree(state, tree, target_params)
+        res = self.verify(k_verify, tree, target_probs, draft_probs)
+        if self.probes and self.method.spec.depth > 0:
+            state = self.add_probes(state, tree, target_probs, draft_probs, res)
+        return self.commit(state, res, target_cache, draft_cache)

@@ -1,10 +1,12 @@
 """Drafting a whole tree, level by level, for every tree kind.
 
-Model-agnostic: the draft model is seen only through ``draft_probs_fn(tree,
-level) -> [P, V]``, the (already transformed) draft law at each of the ``P``
-nodes of level ``level`` given the tree drafted so far. A language model
-implements it with one tree-attention call over that level; tests implement it
-with n-gram tables. One call per level, so ``L`` sequential draft calls.
+Model-agnostic: the draft model is seen only through a level function
+``(tree, level, state) -> ([B, P, V], state)``, the (already transformed) draft
+law at each of the ``P`` nodes of level ``level`` given the tree drafted so far.
+The engine implements it with one call of the draft model per level on its KV
+cache (the state); tests implement it with n-gram tables. One call per level,
+so ``L`` sequential draft calls. :func:`draft_batch` is the only drafting loop;
+:func:`draft_tree` runs it on one unbatched tree.
 
 Per level (ALGORITHMS.md section 5):
 
@@ -19,7 +21,7 @@ The draft law of every expanded node is returned: verification needs it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +110,57 @@ def expand_level(
     return tree, carry
 
 
+LevelFn = Callable[[tree_lib.Tree, int, Any], tuple[Array, Any]]
+
+
+def draft_batch(
+    keys: Array,
+    spec: tree_lib.TreeSpec,
+    root_tokens: Array,
+    level_fn: LevelFn,
+    fn_state: Any = None,
+    sbs_truncate: bool = True,
+) -> tuple[tree_lib.Tree, Array, Any]:
+    """Drafts one tree of shape ``spec`` per row: the only drafting loop.
+
+    Level ``l = 1..L`` is drawn from the draft laws at the nodes of level ``l - 1``,
+    which ``level_fn`` supplies for the whole batch. A cached language model implements
+    ``level_fn`` with one forward per level on its KV cache (``fn_state``); tables of
+    known conditionals ignore the state.
+
+    Args:
+      keys: ``[B, 2]`` PRNG keys (level ``l`` of row ``b`` uses ``fold_in(keys[b], l)``).
+      spec: static tree shape.
+      root_tokens: ``[B]`` ids of the last committed tokens.
+      level_fn: ``(tree, level, fn_state) -> (probs [B, P, V], fn_state)``: the draft law
+        at the ``P`` nodes of ``level`` (0 = root) of the batched ``tree`` drafted so far;
+        it must be exactly the law tokens are drawn from (same transforms as verification).
+      fn_state: carried through ``level_fn`` (e.g. the draft model's cache).
+      sbs_truncate: beam only; False disables SBS truncation (test control).
+
+    Returns:
+      ``(tree, draft_probs, fn_state)``: the batched tree, ``draft_probs`` ``[B, N+1, V]``
+      the draft law at every internal node (rows of the last level are zeros: never used),
+      and the final ``fn_state``.
+    """
+    tree = jax.vmap(lambda r: empty_tree(spec, r))(root_tokens)
+    carry = jax.vmap(lambda _: init_carry(spec))(root_tokens)
+    draft_probs = None
+    for level in range(1, spec.depth + 1):
+        probs, fn_state = level_fn(tree, level - 1, fn_state)
+        if draft_probs is None:
+            shape = (root_tokens.shape[0], spec.num_nodes + 1, probs.shape[-1])
+            draft_probs = jnp.zeros(shape, probs.dtype)
+        draft_probs = draft_probs.at[:, spec.level_slice(level - 1)].set(probs)
+        level_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, level)
+
+        def expand(k, t, p, c, level=level):
+            return expand_level(k, spec, t, level, p, c, sbs_truncate)
+
+        tree, carry = jax.vmap(expand)(level_keys, tree, probs, carry)
+    return tree, draft_probs, fn_state
+
+
 def draft_tree(
     key: Array,
     spec: tree_lib.TreeSpec,
@@ -115,29 +168,24 @@ def draft_tree(
     draft_probs_fn: DraftProbsFn,
     sbs_truncate: bool = True,
 ) -> tuple[tree_lib.Tree, Array]:
-    """Drafts a tree of shape ``spec`` below ``root_token``.
+    """Drafts a single tree (no batch axis) through :func:`draft_batch`.
 
     Args:
       key: PRNG key for drafting (level ``l`` uses ``fold_in(key, l)``).
       spec: static tree shape.
       root_token: id of the last committed token.
       draft_probs_fn: ``(tree, level) -> [P, V]`` draft law at the ``P`` nodes
-        of ``level`` (0 = root); must return exactly the law tokens are drawn
-        from (same transforms as verification uses).
+        of ``level`` (0 = root) of the unbatched tree.
       sbs_truncate: beam only; False disables SBS truncation (test control).
 
     Returns:
-      ``(tree, draft_probs)`` with ``draft_probs`` ``[N+1, V]``: the draft law
-      at every internal node (rows of the last level are zeros: never used).
+      ``(tree, draft_probs)`` with ``draft_probs`` ``[N+1, V]`` (see :func:`draft_batch`).
     """
-    tree = empty_tree(spec, root_token)
-    carry = init_carry(spec)
-    draft_probs = None
-    for level in range(1, spec.depth + 1):
-        probs = draft_probs_fn(tree, level - 1)
-        if draft_probs is None:
-            draft_probs = jnp.zeros((spec.num_nodes + 1, probs.shape[-1]), probs.dtype)
-        draft_probs = draft_probs.at[spec.level_slice(level - 1)].set(probs)
-        k_level = jax.random.fold_in(key, level)
-        tree, carry = expand_level(k_level, spec, tree, level, probs, carry, sbs_truncate)
-    return tree, draft_probs
+
+    def level_fn(tree, level, state):
+        return draft_probs_fn(jax.tree.map(lambda x: x[0], tree), level)[None], state
+
+    tree, draft_probs, _ = draft_batch(
+        jnp.asarray(key)[None], spec, jnp.asarray(root_token)[None], level_fn, None, sbs_truncate
+    )
+    return jax.tree.map(lambda x: x[0], tree), draft_probs[0]
