@@ -47,6 +47,11 @@ class ModelConfig:
       bos_id, eos_id, pad_id: special token ids (-1 when unknown).
       max_positions: trained context length (informational).
       name: human-readable name.
+      head_vocab: 0 scores every id; N > 0 restricts the output head to the ids below N
+        plus `head_extra` (see `models.draft_vocab`): every other id gets logit -1e30.
+        For drafts only: any draft law keeps speculative decoding lossless, and the head
+        of a small model with a large vocabulary is a large share of its weights.
+      head_extra: ids scored besides those below `head_vocab` (special tokens such as EOS).
     """
 
     arch: str
@@ -70,6 +75,8 @@ class ModelConfig:
     pad_id: int = -1
     max_positions: int = 0
     name: str = ""
+    head_vocab: int = 0
+    head_extra: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -84,6 +91,12 @@ class ModelConfig:
             raise ValueError(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+        if not 0 <= self.head_vocab <= self.valid_vocab_size:
+            raise ValueError(
+                f"head_vocab={self.head_vocab} not in [0, valid_vocab_size={self.valid_vocab_size}]"
+            )
+        if not all(0 <= i < self.valid_vocab_size for i in self.head_extra):
+            raise ValueError(f"head_extra ids must lie in [0, {self.valid_vocab_size})")
         if not 0 < self.valid_vocab_size <= self.vocab_size:
             raise ValueError(
                 f"valid_vocab_size={self.valid_vocab_size} not in (0, {self.vocab_size}]"
@@ -102,7 +115,10 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        if "head_extra" in fields:
+            fields["head_extra"] = tuple(fields["head_extra"])
+        return cls(**fields)
 
 
 def from_gguf_metadata(

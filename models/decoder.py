@@ -249,16 +249,52 @@ class Decoder(nn.Module):
                     x, k_all, v_all, i, sin, cos, attention_mask, slots
                 )
         x = RMSNorm(c.rms_eps, dt, name="final_norm")(x)
+        # The head accumulates and returns float32 whatever the model dtype: acceptance
+        # ratios q/p amplify the error of 8-bit-mantissa (bfloat16) logits.
+        ids = head_ids(c)
+        if ids is not None:
+            compact = Head(len(ids), dt, name=HEAD)(x)  # [B, T, V']
+            full = jnp.full(x.shape[:2] + (c.vocab_size,), MASK_VALUE, jnp.float32)
+            return full.at[:, :, ids].set(compact), KVCache(k_all, v_all, cache.index + t)
         if c.tied_embeddings:
-            logits = embed.attend(x)
+            logits = _dot_f32(x, embed.embedding, "btd,vd->btv")
         else:
-            head = nn.Dense(c.vocab_size, use_bias=False, dtype=dt, param_dtype=dt, name="lm_head")
-            logits = head(x)
-        logits = logits.astype(jnp.float32)  # [B, T, V]
+            logits = Head(c.vocab_size, dt, name="lm_head")(x)  # [B, T, V]
         if c.valid_vocab_size < c.vocab_size:
             valid = jnp.arange(c.vocab_size) < c.valid_vocab_size
             logits = jnp.where(valid, logits, MASK_VALUE)
         return logits, KVCache(k_all, v_all, cache.index + t)
+
+
+# The restricted output head of a draft (`ModelConfig.head_vocab`): kernel [D, V'].
+HEAD = "draft_head"
+
+
+def head_ids(config: ModelConfig) -> np.ndarray | None:
+    """The ids a restricted head scores, ascending (`None`: the head scores every id)."""
+    if not config.head_vocab:
+        return None
+    extra = {i for i in config.head_extra if i >= config.head_vocab}
+    return np.array(list(range(config.head_vocab)) + sorted(extra), np.int32)
+
+
+def _dot_f32(x, w, spec):
+    """einsum in the operands' dtype with a float32 result (float32 accumulation)."""
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+
+
+class Head(nn.Module):
+    """Output projection `[B, T, D] -> [B, T, width]` float32 (params `kernel` [D, width],
+    the layout of `nn.Dense`)."""
+
+    width: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.lecun_normal()
+        kernel = self.param("kernel", init, (x.shape[-1], self.width), self.dtype)
+        return _dot_f32(x, kernel, "btd,dv->btv")
 
 
 @functools.cache

@@ -69,6 +69,7 @@ def rules(config: ModelConfig, model: int, vocab_parallel: bool = True) -> list[
         (r"mlp/down/kernel$", P(mlp, None)),  # [F, D]
         (r"embed/embedding$", P(vocab, None)),  # [V, D]
         (r"lm_head/kernel$", P(None, vocab)),  # [D, V]
+        (rf"{decoder.HEAD}/kernel$", P()),  # [D, V'] restricted draft head: small, whole
         (r"norm/scale$", P()),
     ]
 
