@@ -1,15 +1,20 @@
 """Benchmark (not a test): tokens/s of every method vs AR on a real pair, in one process.
 
     python -m experiments.bench_decode                      # Qwen2.5-Coder 0.5B -> 1.5B
+    python -m experiments.bench_decode --temperature=1 --top_p=0.95 --draft_vocab=0+32768
     python -m experiments.bench_decode --target=smollm2-135m --draft=smollm2-135m --max_new=32
 
-For each method it reports tokens/s and the ratio to AR measured in the same
-run, block efficiency (tokens per target call), and the fraction of the step's
-wall time spent outside model forwards (the forwards are timed separately at
-the exact shapes a round uses). Every method is compiled and warmed up before
-it is timed, and timing passes interleave the methods (best of ``--repeats``)
-so that background load affects all of them alike. Prefill is included in
-the timed generation. Results go to stdout and, with --out, to a JSON file.
+For each method (and each draft head size of ``--draft_vocab``) it reports tokens/s and the
+ratio to AR measured in the same run, and block efficiency (tokens per target call); then
+where one round's time goes, phase by phase (:mod:`experiments.round_timing`: draft
+forwards, draft sampling, the target forward, the sampling transforms, verification, the
+commit and the rest), and the tree cost curve: one forward over T new tokens relative to
+T = 1, for the target and each draft, at the cache size of the run, with the draft's cost
+per call relative to the target's (r). Every method is compiled and warmed up before it
+is timed, and timing passes interleave the methods (best of ``--repeats``) so that
+background load affects all of them alike. Prefill is included in the timed generation.
+``--profile DIR`` writes a ``jax.profiler`` trace of the first timed pass (open it with
+TensorBoard's profile plugin or Perfetto). Results go to stdout and, with --out, to JSON.
 """
 
 from __future__ import annotations
@@ -18,20 +23,32 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
+from experiments import round_timing
+from rsd_jax import decode, methods, transforms
 from rsd_jax import generate as gen
-from rsd_jax import kv_cache, methods, transforms
 
 _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or local path.")
 _DRAFT = flags.DEFINE_string("draft", "qwen2.5-coder-0.5b", "Draft preset or local path.")
 _METHODS = flags.DEFINE_string(
     "methods", "ar+sd:3+mrs:2x3+spectr:2x3+rsd_c:2-1-1+rsd_s:2x3", "'+'-separated methods."
 )
+_DRAFT_VOCAB = flags.DEFINE_string(
+    "draft_vocab",
+    "0",
+    "'+'-separated draft head sizes to compare (0 = the full vocabulary; N = the N lowest "
+    "ids plus special tokens, see models.draft_vocab).",
+)
 _MAX_NEW = flags.DEFINE_integer("max_new", 48, "Tokens generated per prompt.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass (1 = off).")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Interleaved timed passes (best kept).")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", True, "Time each phase of a round per method.")
+_CURVE = flags.DEFINE_string(
+    "curve", "1+2+4+8+16+32", "Tree cost curve: '+'-separated T ('' = skip)."
+)
+_PROFILE = flags.DEFINE_string("profile", None, "Write a jax.profiler trace of one pass here.")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 
 PROMPTS = [
@@ -41,113 +58,127 @@ PROMPTS = [
 ]
 
 
-def _time(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def forward_time_per_round(target, draft, method, capacity, batch):
-    """Wall time of the model forwards one round of ``method`` makes, at its exact shapes."""
-    spec = method.spec
-
-    def call(model, width):
-        fwd = jax.jit(model.apply)
-        cache = model.init_cache(batch, capacity)
-        tokens = jnp.zeros((batch, width), jnp.int32)
-        positions = jnp.zeros((batch, width), jnp.int32)
-        mask = kv_cache.causal_prefix_mask(jnp.zeros((batch,), jnp.int32), width, capacity)
-        return _time(fwd, model.params, tokens, positions, mask, cache)
-
-    total = call(target, spec.num_nodes + 1)
-    if spec.depth > 0:
-        total += call(draft, 2)
-        for level in range(1, spec.depth):
-            total += call(draft, spec.level_sizes[level - 1])
-    return total
+def _print_table(header, rows):
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |", flush=True)
 
 
 def main(argv):
     del argv
-    from models import adapter, loading
+    from models import adapter, draft_vocab, loading
 
     t_loaded = loading.load_model(_TARGET.value)
     d_loaded = loading.load_model(_DRAFT.value)
     loading.check_compatible(d_loaded, t_loaded)
-    target, draft = adapter.to_rsd_model(t_loaded), adapter.to_rsd_model(d_loaded)
+    target = adapter.to_rsd_model(t_loaded)
+    drafts = {}
+    for size in (int(v) for v in _DRAFT_VOCAB.value.split("+")):
+        loaded = d_loaded if size == 0 else draft_vocab.restrict_head(d_loaded, size)
+        drafts[size] = adapter.to_rsd_model(loaded)
     tok = t_loaded.tokenizer
     prompts = [tok.encode(p) for p in PROMPTS]
     bucket = max(len(p) for p in prompts)
-    sampling = transforms.SamplingParams(temperature=_TEMPERATURE.value)
-    eos = t_loaded.config.eos_id
-    chosen = [methods.parse(text) for text in _METHODS.value.split("+")]
+    sampling = transforms.SamplingParams(temperature=_TEMPERATURE.value, top_p=_TOP_P.value)
+    eos, valid = t_loaded.config.eos_id, t_loaded.config.valid_vocab_size
+    runs = []  # (label, method, draft vocab size)
+    for text in _METHODS.value.split("+"):
+        method = methods.parse(text)
+        for size in drafts if method.spec.depth > 0 else [None]:
+            label = method.describe() + ("" if not size else f" | draft vocab {size}")
+            runs.append((label, method, size))
 
-    def kwargs():
-        return dict(
-            key=jax.random.PRNGKey(0),
-            max_new_tokens=_MAX_NEW.value,
-            sampling=sampling,
-            eos_id=eos,
-            valid_vocab_size=t_loaded.config.valid_vocab_size,
-            bucket=bucket,
-        )
+    def generate(method, size, prompt):
+        return gen.generate(
+            target, None if size is None else drafts[size], [prompt], method,
+            key=jax.random.PRNGKey(0), max_new_tokens=_MAX_NEW.value, sampling=sampling,
+            eos_id=eos, valid_vocab_size=valid, bucket=bucket,
+        )  # fmt: skip
 
     # Compile and warm up everything first, then time in interleaved passes
     # (best of `repeats` per method), so background load hits all methods alike.
-    for method in chosen:
-        d = draft if method.spec.depth > 0 else None
-        gen.generate(target, d, prompts[:1], method, **kwargs())
-    best = {m: [float("inf")] * len(prompts) for m in chosen}
+    for _, method, size in runs:
+        generate(method, size, prompts[0])
+    best = {label: [float("inf")] * len(prompts) for label, _, _ in runs}
     outs = {}
-    for _ in range(_REPEATS.value):
-        for method in chosen:
-            d = draft if method.spec.depth > 0 else None
+    for rep in range(_REPEATS.value):
+        if rep == 0 and _PROFILE.value:
+            jax.profiler.start_trace(_PROFILE.value)
+        for label, method, size in runs:
             for i, prompt in enumerate(prompts):
                 start = time.perf_counter()
-                out = gen.generate(target, d, [prompt], method, **kwargs())
+                out = generate(method, size, prompt)
                 jax.block_until_ready(out.state.tokens)
-                best[method][i] = min(best[method][i], time.perf_counter() - start)
-                outs[method, i] = out
+                best[label][i] = min(best[label][i], time.perf_counter() - start)
+                outs[label, i] = out
+        if rep == 0 and _PROFILE.value:
+            jax.profiler.stop_trace()
+            print(f"profile of one pass written to {_PROFILE.value}")
     rows = []
-    for method in chosen:
-        calls = sum(int(outs[method, i].counters.target_calls[0]) for i in range(len(prompts)))
-        generated = sum(len(outs[method, i].tokens[0]) for i in range(len(prompts)))
-        engine_capacity = bucket + _MAX_NEW.value + method.spec.num_nodes + 2
-        fwd = forward_time_per_round(target, draft, method, engine_capacity, 1)
-        total = sum(best[method])
-        rows.append(
-            dict(
-                method=method.describe(),
-                tokens=generated,
-                seconds=total,
-                tokens_per_s=generated / total,
-                block_efficiency=generated / calls,
-                target_calls=calls,
-                outside_forward_fraction=max(0.0, 1.0 - calls * fwd / total),
+    for label, method, size in runs:
+        calls = sum(int(outs[label, i].counters.target_calls[0]) for i in range(len(prompts)))
+        generated = sum(len(outs[label, i].tokens[0]) for i in range(len(prompts)))
+        total = sum(best[label])
+        row = dict(
+            method=label, draft_vocab=size, tokens=generated, seconds=total,
+            tokens_per_s=generated / total, block_efficiency=generated / calls,
+            target_calls=calls,
+        )  # fmt: skip
+        if _BREAKDOWN.value:
+            engine = decode.Engine(
+                method, target.apply, None if size is None else drafts[size].apply,
+                target.vocab_size, valid, eos,
+            )  # fmt: skip
+            d = None if size is None else drafts[size]
+            row["round"] = round_timing.round_breakdown(
+                engine, target, d, prompts[0], _MAX_NEW.value, sampling
             )
-        )
-        print(json.dumps(rows[-1]), flush=True)
+            row["outside_forward_fraction"] = 1 - row["round"]["forwards"] / row["round"]["step"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     ar = next((r for r in rows if r["method"].startswith("AR")), None)
-    print("\n| method | tok/s | ratio vs AR | block eff. | outside forwards |")
-    print("|---|---|---|---|---|")
     for r in rows:
-        ratio = r["tokens_per_s"] / ar["tokens_per_s"] if ar else float("nan")
-        r["ratio_vs_ar"] = ratio
-        print(
-            f"| {r['method']} | {r['tokens_per_s']:.2f} | {ratio:.2f} | "
-            f"{r['block_efficiency']:.2f} | {100 * r['outside_forward_fraction']:.0f}% |"
-        )
+        r["ratio_vs_ar"] = r["tokens_per_s"] / ar["tokens_per_s"] if ar else float("nan")
+    print(f"\n{_TARGET.value} <- {_DRAFT.value}, T={_TEMPERATURE.value}, top-p {_TOP_P.value}, "
+          f"{len(prompts)} prompts x {_MAX_NEW.value} tokens, prefill included")  # fmt: skip
+    _print_table(
+        ["method", "tok/s", "ratio vs AR", "block eff."],
+        [[r["method"], f"{r['tokens_per_s']:.2f}", f"{r['ratio_vs_ar']:.2f}",
+          f"{r['block_efficiency']:.2f}"] for r in rows],
+    )  # fmt: skip
+    if _BREAKDOWN.value:
+        _print_table(
+            ["method (ms per round)", "step", *round_timing.PHASES, "outside forwards"],
+            [[r["method"], f"{1e3 * r['round']['step']:.1f}",
+              *(f"{1e3 * r['round'][p]:.1f}" for p in round_timing.PHASES),
+              f"{100 * r['outside_forward_fraction']:.1f}%"] for r in rows],
+        )  # fmt: skip
+    curves = {}
+    if _CURVE.value:
+        widths = [int(w) for w in _CURVE.value.split("+")]
+        capacity = bucket + _MAX_NEW.value + max(widths) + 2
+        prefix = bucket + _MAX_NEW.value // 2
+        models = {"target": target} | {
+            f"draft (vocab {size or 'full'})": d for size, d in drafts.items()
+        }
+        for name, model in models.items():
+            curves[name] = round_timing.tree_cost_curve(model, prefix, capacity, widths)
+        one = curves["target"][widths[0]]
+        _print_table(
+            ["model (ms, x T=1)", *(f"T={w}" for w in widths), "r = call / target call"],
+            [[name, *(f"{1e3 * c[w]:.1f} (x{c[w] / c[widths[0]]:.2f})" for w in widths),
+              f"{c[widths[0]] / one:.3f}"] for name, c in curves.items()],
+        )  # fmt: skip
     if _OUT.value:
         with open(_OUT.value, "w") as f:
             json.dump(
-                dict(target=_TARGET.value, draft=_DRAFT.value, rows=rows, note="prefill included"),
-                f,
-                indent=2,
-            )
+                dict(
+                    target=_TARGET.value, draft=_DRAFT.value, temperature=_TEMPERATURE.value,
+                    top_p=_TOP_P.value, rows=rows, curves=curves, note="prefill included",
+                ),
+                f, indent=2,
+            )  # fmt: skip
 
 
 if __name__ == "__main__":
