@@ -27,8 +27,10 @@ both sides sample the full law (HF: ``top_k=0, top_p=1``); ids at or beyond the
 tokenizer's vocabulary (padding rows) are banned on both sides.
 
 Timing: torch runs with ``torch.set_num_threads(os.cpu_count())`` (JAX uses every core by
-default). Every system is warmed up once (compiles, first-call overheads), then for each
-of ``--repeats`` passes, for each prompt, each system runs in turn (interleaved, so
+default; ``--torch_threads`` overrides torch's count: where other processes hold cores,
+torch on all cores was measured 7x slower per token than on one, smollm2-135m, 2 cores).
+Every system is warmed up once (compiles, first-call overheads), then for each of
+``--repeats`` passes, for each prompt, each system runs in turn (interleaved, so
 background load hits all of them alike); the best time per (system, prompt) is kept.
 Prefill is included in both sides' timings (wall time of the whole call, from token ids
 to generated ids). Rates and ratios are totals over prompts (tokens / seconds): each
@@ -78,6 +80,9 @@ _MAX_NEW = flags.DEFINE_integer("max_new", 48, "Token budget per prompt.")
 _TEMPERATURES = flags.DEFINE_string("temperatures", "0+1", "'+'-separated temperatures.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Interleaved timed passes (best kept).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", None, "torch.set_num_threads (default: os.cpu_count())."
+)
 
 HF_PLAIN = "HF plain"
 HF_DEFAULT = "HF assisted (defaults)"
@@ -398,12 +403,14 @@ def bench(
     seed: int = 0,
     max_prompt_tokens: int = 512,
     prompts: Sequence[Sequence[int]] | None = None,
+    torch_threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Loads both sides, times every system, returns the JSON payload (``summaries``:
     one per temperature, see :func:`summarize`; ``runs``: every kept run).
 
-    ``prompts`` (token ids) replaces the HumanEval selection when given.
+    ``prompts`` (token ids) replaces the HumanEval selection when given; torch runs
+    on ``torch_threads`` threads (default ``os.cpu_count()``).
     """
     import torch
     import transformers
@@ -411,7 +418,7 @@ def bench(
     from models import adapter, loading
 
     transformers.logging.set_verbosity_error()
-    threads = os.cpu_count() or 1
+    threads = torch_threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     log(f"torch {torch.__version__} ({threads} threads), transformers "
         f"{transformers.__version__}, jax {jax.__version__}")  # fmt: skip
@@ -432,7 +439,9 @@ def bench(
     log(f"{len(prompts)} prompts of {[len(p) for p in prompts]} tokens")
 
     hf_target = load_hf(target_name)
-    hf_draft = load_hf(draft_name)  # always a separate object (the target is hooked)
+    # always a separate object: the target's calls are counted by a hook
+    same = draft_name == target_name
+    hf_draft = copy.deepcopy(hf_target) if same else load_hf(draft_name)
     common = dict(max_new=max_new, eos_id=eos)
     systems = [
         our_system(OURS_AR, methods_lib.autoregressive(), target, None, **common,
@@ -485,6 +494,7 @@ def main(argv):
         num_prompts=_NUM_PROMPTS.value,
         seed=_SEED.value,
         max_prompt_tokens=_MAX_PROMPT_TOKENS.value,
+        torch_threads=_TORCH_THREADS.value,
         log=lambda text: print(text, flush=True),
     )
     for summary in result["summaries"]:

@@ -107,6 +107,7 @@ def test_bench_on_smollm2_gguf():
         max_new=MAX_NEW,
         repeats=1,
         num_prompts=1,
+        torch_threads=1,  # fast on a busy machine too
         log=lambda _: None,
     )
     (summary,) = result["summaries"]
