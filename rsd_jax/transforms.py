@@ -92,7 +92,9 @@ def _top_p_mask(probs: Array, top_p) -> Array:
     smallest set of most likely ids reaching ``top_p`` (ties at ``t*`` are all
     kept). ``t*`` is found by bisection over the bit patterns of non-negative
     float32 values (monotone as integers), so 32 masked sums find it exactly,
-    much cheaper than sorting a large vocabulary.
+    much cheaper than sorting a large vocabulary (and, measured on a 2-core CPU
+    over 15 rows of 152k ids, cheaper than ``lax.top_k`` with k = 256 plus a
+    bisection for the rows whose nucleus is wider: 12 ms for the top-k alone).
     """
     p32 = probs.astype(jnp.float32)
     bits = jax.lax.bitcast_convert_type(p32, jnp.int32)
@@ -163,8 +165,30 @@ def probs_from_logits(
         probs,
     )
     probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
-    one_hot = jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=dtype)
+    one_hot = jax.nn.one_hot(first_argmax(logits), logits.shape[-1], dtype=dtype)
     return jnp.where(greedy, one_hot, probs)
+
+
+def first_argmax(x: Array) -> Array:
+    """``jnp.argmax(x, axis=-1)`` (the first maximal index) as two plain reductions.
+
+    XLA:CPU lowers ``argmax`` to a variadic (value, index) reduction that it does not
+    vectorise: ~1.5 ms per 152k-wide row on a 2-core CPU, 10x a ``max`` plus a ``min``.
+    A row without a maximum (all NaN) gives the last index.
+    """
+    n = x.shape[-1]
+    top = jnp.max(x, axis=-1, keepdims=True)
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.minimum(jnp.min(jnp.where(x == top, iota, n), axis=-1), n - 1)
+
+
+def categorical(key: Array, log_probs: Array) -> Array:
+    """``jax.random.categorical(key, log_probs)`` (same draws for the same key), faster.
+
+    The same Gumbel-max sample (``gumbel(key, shape) + log_probs``, first maximum), with
+    :func:`first_argmax` for the maximum.
+    """
+    return first_argmax(jax.random.gumbel(key, log_probs.shape, log_probs.dtype) + log_probs)
 
 
 def log_probs_from_logits(logits: Array, temperature=1.0, top_k=0, top_p=1.0, banned=None):

@@ -233,7 +233,7 @@ def verify_tree(
         tree, target_probs, draft_probs, max_depth, uniforms=u, keep_residuals=False
     )
     accepted = plan.accepted
-    last = jax.random.categorical(k_emit, transforms.safe_log(plan.emit_law))
+    last = transforms.categorical(k_emit, transforms.safe_log(plan.emit_law))
 
     # Path root -> accepted node, from the parent links (static depth bound).
     n_acc = tree.depth[accepted]

@@ -168,7 +168,7 @@ def sample_plan(key: Array, plan: NodePlan, tokens: Array) -> NodeDecision:
     hits = u < plan.accept_prob
     first = jnp.argmax(hits)
     any_hit = jnp.any(hits)
-    residual_token = jax.random.categorical(k_residual, transforms.safe_log(plan.residual))
+    residual_token = transforms.categorical(k_residual, transforms.safe_log(plan.residual))
     accepted = jnp.where(any_hit, first, -1).astype(jnp.int32)
     token = jnp.where(any_hit, tokens[first], residual_token).astype(jnp.int32)
     return NodeDecision(accepted=accepted, token=token)

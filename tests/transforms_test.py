@@ -86,3 +86,16 @@ class TransformsTest(chex.TestCase, parameterized.TestCase):
     def test_bad_vocab_mask(self):
         with self.assertRaisesRegex(ValueError, "valid_vocab_size"):
             transforms.vocab_mask(5, 7)
+
+
+def test_first_argmax_and_categorical_equal_jax_on_ties_and_banned_ids():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(64, 301)).astype(np.float32)  # many ties at the maximum
+    x[:, 100:] = -np.inf  # banned tail, as after top-p or vocabulary padding
+    np.testing.assert_array_equal(transforms.first_argmax(jnp.asarray(x)), np.argmax(x, -1))
+    log_p = transforms.safe_log(jax.nn.softmax(jnp.asarray(x), axis=-1))
+    for seed in range(5):
+        key = jax.random.PRNGKey(seed)
+        np.testing.assert_array_equal(
+            transforms.categorical(key, log_p), jax.random.categorical(key, log_p)
+        )
