@@ -48,6 +48,7 @@ RESULTS, CONFIG, SUMMARY, TABLE, SHAPES = (
 COMPAT_KEYS = (
     "target",
     "draft",
+    "draft_vocab",
     "dtype",
     "dataset",
     "max_new_tokens",
@@ -58,6 +59,8 @@ COMPAT_KEYS = (
     "top_p",
     "seed",
 )
+# Keys added after workdirs existed, with the value that reproduces what those workdirs hold.
+ADDED_KEYS = {"draft_vocab": 0}
 TIMING_FIELDS = ("seconds", "prefill_seconds", "decode_seconds")
 
 
@@ -79,7 +82,7 @@ def check_workdir(workdir: Path, config, info: dict | None) -> None:
     mine = {k: config[k] for k in COMPAT_KEYS}
     if path.is_file():
         stored = json.loads(path.read_text())
-        old = {k: stored.get("config", {}).get(k) for k in COMPAT_KEYS}
+        old = {k: stored.get("config", {}).get(k, ADDED_KEYS.get(k)) for k in COMPAT_KEYS}
         diff = [f"{k}: {old[k]!r} -> {mine[k]!r}" for k in COMPAT_KEYS if old[k] != mine[k]]
         if info is not None and stored.get("models") != info:
             diff.append("models differ")

@@ -88,14 +88,17 @@ def per_dataset_counts(config) -> dict[str, int]:
 
 
 def real_models(config) -> Bundle:
-    """Loads ``config.draft`` and ``config.target`` (presets or local paths) and checks
-    that they share a tokenizer."""
-    from models import adapter, loading
+    """Loads ``config.draft`` and ``config.target`` (presets or local paths), checks
+    that they share a tokenizer, and restricts the draft's head to ``config.draft_vocab``
+    ids when it is not 0 (:mod:`models.draft_vocab`)."""
+    from models import adapter, draft_vocab, loading
 
     kw = dict(dtype=config.dtype, scan_layers=config.scan_layers)
     target = loading.load_model(config.target, **kw)
     draft = loading.load_model(config.draft, **kw)
     loading.check_compatible(draft, target)
+    if config.draft_vocab:
+        draft = draft_vocab.restrict_head(draft, config.draft_vocab)
     tok = target.tokenizer
     eos = tok.eos_id if tok is not None else target.config.eos_id
     tp, dp = count_params(target.params), count_params(draft.params)

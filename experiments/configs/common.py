@@ -54,6 +54,7 @@ SPECULATIVE_DEFAULTS = dict(
     method="ar+sd:2+mrs:3x2+spectr:3x2+rsd_c:2-2+rsd_s:3x2",
     target="qwen2.5-coder-1.5b",  # preset name or local path (.gguf / safetensors dir)
     draft="qwen2.5-coder-0.5b",
+    draft_vocab=0,  # N > 0: the draft scores only its N lowest ids + specials (cheaper, exact)
     dtype="float32",
     scan_layers=False,  # blocks under one scan: faster compiles, slower calls on CPU
     dataset="humaneval+chat+summarise+translate+shakespeare",
