@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from experiments import plan as plan_lib
-from experiments import report, shape_search, sources
+from experiments import report, shape_search, sources, strict_json
 from rsd_jax import decode, methods, sharding, transforms
 from rsd_jax import generate as gen
 
@@ -92,7 +92,7 @@ def check_workdir(workdir: Path, config, info: dict | None) -> None:
         return
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": config.to_dict(), "models": info}, indent=2))
+    tmp.write_text(strict_json.dumps({"config": config.to_dict(), "models": info}, indent=2))
     tmp.replace(path)
 
 
@@ -115,7 +115,7 @@ def load_records(path: Path) -> dict[str, dict]:
 
 def append_record(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(strict_json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -271,7 +271,7 @@ def calibrate(
         counts.append(rec["rank_count"])
     table = shape_search.calibration_table(sums, counts)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": settings, "table": table.to_json()}, indent=2))
+    tmp.write_text(strict_json.dumps({"settings": settings, "table": table.to_json()}, indent=2))
     tmp.replace(path)
     return table
 
@@ -431,7 +431,7 @@ def run(
         bar.close()
     summary = report.summarize(config, specs, prompts, records, bundle)
     summary["wall_seconds_this_invocation"] = time.perf_counter() - start
-    (workdir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    (workdir / SUMMARY).write_text(strict_json.dumps(summary, indent=2))
     table = report.format_table(summary)
     (workdir / TABLE).write_text(table + "\n")
     if config.plots:

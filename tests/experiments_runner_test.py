@@ -12,6 +12,7 @@ import pytest
 
 from experiments import runner, sources
 from experiments.configs import default, fixed_budget, fixed_length
+from tests.experiments_strict_json_test import strict_loads
 
 METHODS = "ar+sd:2+spectr:2x2+rsd_s:2x2"
 BASE = f"method={METHODS},dataset=humaneval+summarise,num_prompts=4,max_new_tokens=8"
@@ -58,7 +59,10 @@ def test_outputs_records_summary_table_and_plots(full_run):
         "token_rate_ratio_vs_budget.png",
     ):
         assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
-    stored = json.loads((workdir / "summary.json").read_text())
+    stored = strict_loads((workdir / "summary.json").read_text())
+    strict_loads((workdir / "config.json").read_text())
+    for line in (workdir / runner.RESULTS).read_text().splitlines():
+        strict_loads(line)
     assert set(stored["methods"]) == {"ar", "sd:2", "spectr:2x2", "rsd_s:2x2"}
     for label, e in stored["methods"].items():
         for key in ("block_efficiency", "mbsu", "token_rate", "token_rate_ratio_vs_ar"):
@@ -180,7 +184,7 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
     arg += ",shape=auto,calibration_prompts=1,calibration_shape=3-2,calibration_tokens=8"
     arg += ",progress=false,bootstrap=20"
     summary, logs = _run(tmp_path, arg, fixed_budget)
-    calib = json.loads((tmp_path / runner.CALIBRATION).read_text())
+    calib = strict_loads((tmp_path / runner.CALIBRATION).read_text())  # unmeasured: null
     evaluated = {m["prompt"] for m in runner.load_records(tmp_path / runner.RESULTS).values()}
     assert not set(calib["settings"]["prompts"]) & evaluated  # calibration prompts not scored
     count = calib["table"]["count"]
