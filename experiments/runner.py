@@ -4,7 +4,8 @@ Launch through ``experiments/run.py`` with one of ``experiments/configs/{default
 fixed_length,fixed_budget}.py``. In ``--workdir``:
 
 - ``config.json``: the config and the models' description; a rerun whose
-  result-affecting keys (:data:`COMPAT_KEYS`) or models differ is refused.
+  result-affecting keys (:data:`COMPAT_KEYS`) or models differ is refused while
+  ``results.jsonl`` holds a record (without one, the new config replaces the old).
 - ``results.jsonl``: one line per (prompt, method), appended (and fsynced) as soon as
   it completes. A rerun skips every key already there; a partial last line left by a
   kill is dropped.
@@ -33,7 +34,7 @@ import jax
 import numpy as np
 
 from experiments import plan as plan_lib
-from experiments import report, shape_search, sources, strict_json
+from experiments import report, shape_search, sources, strict_json, validate
 from rsd_jax import decode, methods, sharding, transforms
 from rsd_jax import generate as gen
 
@@ -69,27 +70,52 @@ def record_key(prompt_key: str, method_text: str) -> str:
     return f"{prompt_key}|{method_text}"
 
 
-def check_workdir(workdir: Path, config, info: dict | None) -> None:
-    """Refuses a workdir made by an incompatible config; stores this config otherwise.
+def has_results(workdir: Path) -> bool:
+    """Whether ``results.jsonl`` holds a complete (newline-terminated) record line."""
+    path = workdir / RESULTS
+    if not path.is_file():
+        return False
+    raw = path.read_bytes()
+    return bool(raw[: raw.rfind(b"\n") + 1].strip())
 
-    With ``info=None`` (before the models are loaded) only the config keys are compared
-    and nothing is written.
+
+def _config_changes(workdir: Path, config, info: dict | None) -> list[str]:
+    """How ``config`` (and the models' ``info``, if given) differ from the stored config."""
+    path = workdir / CONFIG
+    if not path.is_file():
+        return []
+    stored = json.loads(path.read_text())
+    mine = {k: config[k] for k in COMPAT_KEYS}
+    old = {k: stored.get("config", {}).get(k) for k in COMPAT_KEYS}
+    diff = [f"{k}: {old[k]!r} -> {mine[k]!r}" for k in COMPAT_KEYS if old[k] != mine[k]]
+    if info is not None and stored.get("models") != info:
+        diff.append("models differ")
+    return diff
+
+
+def check_workdir(workdir: Path, config, info: dict | None, log=None) -> None:
+    """Refuses a workdir holding results of an incompatible config; stores this config.
+
+    A workdir with a ``config.json`` but no result (no ``results.jsonl``, or one without
+    a complete record, as a run that failed before its first record leaves it) is never
+    refused: the new config replaces the stored one, and a calibration made under the
+    old one is removed. With ``info=None`` (before the models are loaded) only the
+    config keys are compared and nothing is written.
     """
     path = workdir / CONFIG
-    mine = {k: config[k] for k in COMPAT_KEYS}
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        old = {k: stored.get("config", {}).get(k) for k in COMPAT_KEYS}
-        diff = [f"{k}: {old[k]!r} -> {mine[k]!r}" for k in COMPAT_KEYS if old[k] != mine[k]]
-        if info is not None and stored.get("models") != info:
-            diff.append("models differ")
-        if diff:
-            raise IncompatibleWorkdirError(
-                f"{workdir} holds results of an incompatible config ({'; '.join(diff)}); "
-                "use a new --workdir or restore those settings"
-            )
+    diff = _config_changes(workdir, config, info)
+    results = has_results(workdir)
+    if diff and results:
+        raise IncompatibleWorkdirError(
+            f"{workdir} holds results of an incompatible config ({'; '.join(diff)}); "
+            "use a new --workdir or restore those settings"
+        )
     if info is None:
         return
+    if diff:  # no results: nothing made under the old config is kept
+        (workdir / CALIBRATION).unlink(missing_ok=True)
+        if log is not None:
+            log(f"{path} replaced: no results were made under it ({'; '.join(diff)})")
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(strict_json.dumps({"config": config.to_dict(), "models": info}, indent=2))
@@ -347,19 +373,20 @@ def run(
       log: where messages go.
 
     Raises:
-      ValueError: bad methods or shapes (before anything is loaded).
+      ValueError: a bad config (:class:`experiments.validate.ConfigError`: every key,
+        then methods and shapes), before anything is loaded or written.
       IncompatibleWorkdirError: see :func:`check_workdir`.
     """
-    specs = plan_lib.plan(config)  # validates methods and budgets before loading anything
+    validate.validate(config)  # every key, methods, shapes: before loading or writing
+    specs = plan_lib.plan(config)
     mesh_sizes = _mesh_sizes(config)
-    sources.dataset_names(config)
     workdir = Path(workdir)
     check_workdir(workdir, config, None)  # fail fast, before loading models
     shapes = plan_lib.describe(specs)
     log("Shapes used (B = draft nodes scored per target call, root excluded):\n" + shapes)
     start = time.perf_counter()
     bundle = (model_source or sources.real_models)(config)
-    check_workdir(workdir, config, bundle.info)
+    check_workdir(workdir, config, bundle.info, log)
     layout = None
     if mesh_sizes is not None:
         mesh = sharding.make_mesh(*mesh_sizes)

@@ -152,7 +152,7 @@ def test_greedy_methods_reproduce_ar(tmp_path):
         (fixed_length, "method=foo", "unknown method 'foo'"),
         (default, "dataset=xsum", "unknown dataset 'xsum'"),
         (default, "shape=auto", "needs sweep=budget"),
-        (fixed_budget, "shape=best", "must be '' or 'auto'"),
+        (fixed_budget, "shape=best", "'shape' must be one of '', 'auto', got 'best'"),
         (fixed_budget, "method=mrs/tv", "only sd, rsd_c and rsd_s take /tv"),
     ],
 )
