@@ -60,7 +60,8 @@ def main(argv):
 
         try:
             runner.run(config, _WORKDIR.value)
-        except (ValueError, DatasetMissingError) as e:  # bad config, workdir or missing data
+        except (ValueError, DatasetMissingError, runner.WorkdirBusyError) as e:
+            # bad config, incompatible or busy workdir, missing data
             raise SystemExit(f"error: {e}") from None
         return
     from experiments import toy_demo

@@ -10,6 +10,9 @@ fixed_length,fixed_budget}.py``. In ``--workdir``:
   it completes. A rerun skips every key already there; a partial last line left by a
   kill is dropped.
 - ``summary.json``, ``table.md``, ``shapes.md`` and PNG plots (see :mod:`experiments.report`).
+- ``.lock``: held (``fcntl.flock``) by the run using the workdir, so a second concurrent
+  run on it fails at once (:class:`WorkdirBusyError`); the lock goes when the run ends,
+  however it ends (the file stays, holding the last run's pid).
 
 Timing: before a method's first timed prompt its programs are compiled by a warm-up
 (prefill + a decoding loop that runs no round), so compile time is not measured. Each
@@ -22,12 +25,14 @@ method (common random numbers), so a resumed run reproduces an uninterrupted one
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -62,8 +67,45 @@ COMPAT_KEYS = (
 TIMING_FIELDS = ("seconds", "prefill_seconds", "decode_seconds")
 
 
+LOCK = ".lock"
+
+
 class IncompatibleWorkdirError(ValueError):
     """The workdir holds results of a config that generated differently."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another run holds the workdir's lock."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path) -> Iterator[None]:
+    """Holds the exclusive lock of ``workdir`` (creating it) for one run.
+
+    ``fcntl.flock`` on ``WORKDIR/.lock``: the kernel releases it when the file is closed
+    or the process dies, so a killed run never leaves a stale lock. The holder's pid is
+    written into the file for the message of the run that is refused.
+
+    Raises:
+      WorkdirBusyError: another process (or another open of the file) holds the lock.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise WorkdirBusyError(
+                f"{workdir} is in use by another run (pid {holder}, lock {path}); wait for "
+                "it to finish or use another --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def record_key(prompt_key: str, method_text: str) -> str:
@@ -376,11 +418,22 @@ def run(
       ValueError: a bad config (:class:`experiments.validate.ConfigError`: every key,
         then methods and shapes), before anything is loaded or written.
       IncompatibleWorkdirError: see :func:`check_workdir`.
+      WorkdirBusyError: another run is using ``workdir`` (see :func:`workdir_lock`).
     """
     validate.validate(config)  # every key, methods, shapes: before loading or writing
     specs = plan_lib.plan(config)
     mesh_sizes = _mesh_sizes(config)
     workdir = Path(workdir)
+    with workdir_lock(workdir):
+        return _run_locked(
+            config, workdir, specs, mesh_sizes, model_source, prompt_source, on_record, log
+        )
+
+
+def _run_locked(
+    config, workdir, specs, mesh_sizes, model_source, prompt_source, on_record, log
+) -> dict:
+    """The body of :func:`run`, with the config valid and the workdir locked."""
     check_workdir(workdir, config, None)  # fail fast, before loading models
     shapes = plan_lib.describe(specs)
     log("Shapes used (B = draft nodes scored per target call, root excluded):\n" + shapes)

@@ -7,6 +7,10 @@ only the model and prompt sources are injected (``experiments.sources.toy_source
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from tests.experiments_strict_json_test import strict_loads
 METHODS = "ar+sd:2+spectr:2x2+rsd_s:2x2"
 BASE = f"method={METHODS},dataset=humaneval+summarise,num_prompts=4,max_new_tokens=8"
 BASE += ",progress=false,bootstrap=50"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(workdir, arg=BASE, config_module=default, **kw):
@@ -225,3 +230,51 @@ def test_probes_report_walk_and_traversal_on_the_same_trees(tmp_path):
     assert "expected_eta_traversal" not in m["spectr:2x2"]  # i.i.d. trees: walk only
     assert "expected_eta_walk" in m["spectr:2x2"] and "expected_eta_walk" not in m["ar"]
     assert "exact E[tokens/call], traversal" in (tmp_path / "table.md").read_text()
+
+
+def _never(config):
+    raise AssertionError("a busy workdir is refused before loading models")
+
+
+def test_second_lock_on_a_workdir_fails_fast_and_is_released_on_exit(tmp_path):
+    with runner.workdir_lock(tmp_path):
+        with pytest.raises(runner.WorkdirBusyError, match=rf"pid {os.getpid()}, lock .*\.lock"):
+            with runner.workdir_lock(tmp_path):
+                pass
+        with pytest.raises(runner.WorkdirBusyError, match="in use by another run"):
+            runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+    with runner.workdir_lock(tmp_path):  # released on exit
+        pass
+
+    class Boom(Exception):
+        pass
+
+    def boom(config):
+        raise Boom
+
+    with pytest.raises(Boom):  # a run that fails releases the lock as well
+        runner.run(default.get_config(BASE), tmp_path, model_source=boom, log=len)
+    with runner.workdir_lock(tmp_path):
+        pass
+
+
+def test_a_concurrent_run_in_another_process_is_refused_until_it_dies(tmp_path):
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom experiments import runner\n"
+        "with runner.workdir_lock(Path(sys.argv[1])):\n"
+        "    print('locked', flush=True)\n    sys.stdin.readline()\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(runner.WorkdirBusyError, match=rf"pid {child.pid}\b"):
+            runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+    finally:
+        child.kill()  # killed, not a clean exit: the kernel drops the lock
+        child.wait()
+    with runner.workdir_lock(tmp_path):
+        pass
