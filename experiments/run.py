@@ -61,7 +61,7 @@ def main(argv):
         try:
             runner.run(config, _WORKDIR.value)
         except (ValueError, DatasetMissingError, runner.WorkdirBusyError) as e:
-            # bad config, incompatible or busy workdir, missing data
+            # bad config, incompatible or busy workdir, damaged results, missing data
             raise SystemExit(f"error: {e}") from None
         return
     from experiments import toy_demo

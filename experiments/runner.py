@@ -8,7 +8,8 @@ fixed_length,fixed_budget}.py``. In ``--workdir``:
   ``results.jsonl`` holds a record (without one, the new config replaces the old).
 - ``results.jsonl``: one line per (prompt, method), appended (and fsynced) as soon as
   it completes. A rerun skips every key already there; a partial last line left by a
-  kill is dropped.
+  kill is dropped, and any other line that is not a record is an error naming the
+  file and line (:class:`DamagedResultsError`), raised before the models load.
 - ``summary.json``, ``table.md``, ``shapes.md`` and PNG plots (see :mod:`experiments.report`).
 - ``.lock``: held (``fcntl.flock``) by the run using the workdir, so a second concurrent
   run on it fails at once (:class:`WorkdirBusyError`); the lock goes when the run ends,
@@ -72,6 +73,10 @@ LOCK = ".lock"
 
 class IncompatibleWorkdirError(ValueError):
     """The workdir holds results of a config that generated differently."""
+
+
+class DamagedResultsError(ValueError):
+    """A complete line of ``results.jsonl`` is not a record (the message names the line)."""
 
 
 class WorkdirBusyError(RuntimeError):
@@ -165,19 +170,34 @@ def check_workdir(workdir: Path, config, info: dict | None, log=None) -> None:
 
 
 def load_records(path: Path) -> dict[str, dict]:
-    """Records by key; a partial last line (killed mid-write) is cut off the file."""
+    """Records by key; a partial last line (killed mid-write) is cut off the file.
+
+    Raises:
+      DamagedResultsError: a complete (newline-terminated) line is not a JSON record
+        with a ``key``; the message names the file and the line number.
+    """
     if not path.is_file():
         return {}
     raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]
-        with open(path, "r+b") as f:
-            f.truncate(len(raw))
+    complete = raw[: raw.rfind(b"\n") + 1]
     out = {}
-    for line in raw.decode("utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[rec["key"]] = rec
+    for number, line in enumerate(complete.split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            problem = "" if isinstance(rec, dict) and "key" in rec else "no record key"
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            problem = str(e)
+        if problem:
+            raise DamagedResultsError(
+                f"{path}, line {number}: damaged result record ({problem}); delete or repair "
+                "that line (the run then redoes only its record) and rerun"
+            )
+        out[rec["key"]] = rec
+    if len(complete) < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
     return out
 
 
@@ -435,6 +455,8 @@ def _run_locked(
 ) -> dict:
     """The body of :func:`run`, with the config valid and the workdir locked."""
     check_workdir(workdir, config, None)  # fail fast, before loading models
+    path = workdir / RESULTS
+    records = load_records(path)  # a damaged file fails here, before loading models
     shapes = plan_lib.describe(specs)
     log("Shapes used (B = draft nodes scored per target call, root excluded):\n" + shapes)
     start = time.perf_counter()
@@ -470,8 +492,6 @@ def _run_locked(
         shapes = plan_lib.describe(specs)
         log("Shapes with shape=auto:\n" + shapes)
         (workdir / SHAPES).write_text(shapes + "\n")
-    path = workdir / RESULTS
-    records = load_records(path)
     texts = list(dict.fromkeys(s.text for s in specs))
     pending = [
         (p, t) for p in prompts for t in texts if record_key(p.key, t) not in records

@@ -233,7 +233,7 @@ def test_probes_report_walk_and_traversal_on_the_same_trees(tmp_path):
 
 
 def _never(config):
-    raise AssertionError("a busy workdir is refused before loading models")
+    raise AssertionError("this workdir must be refused before loading models")
 
 
 def test_second_lock_on_a_workdir_fails_fast_and_is_released_on_exit(tmp_path):
@@ -278,3 +278,24 @@ def test_a_concurrent_run_in_another_process_is_refused_until_it_dies(tmp_path):
         child.wait()
     with runner.workdir_lock(tmp_path):
         pass
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [(b'{"key": "x", "tok\n', "Unterminated string"), (b"[1, 2]\n", "no record key"),
+     (b"\xff\xfe\n", "utf-8")],
+)  # fmt: skip
+def test_damaged_line_inside_results_names_file_and_line(full_run, tmp_path, damage, problem):
+    ref_dir, _, _ = full_run
+    lines = (ref_dir / runner.RESULTS).read_bytes().splitlines(keepends=True)
+    path = tmp_path / runner.RESULTS
+    path.write_bytes(b"".join(lines[:2]) + b"\n" + damage + b"".join(lines[2:4]) + b'{"key"')
+    (tmp_path / runner.CONFIG).write_bytes((ref_dir / runner.CONFIG).read_bytes())
+    with pytest.raises(runner.DamagedResultsError, match=rf"results\.jsonl, line 4: .*{problem}"):
+        runner.load_records(path)
+    with pytest.raises(runner.DamagedResultsError, match=rf"{path}, line 4: damaged"):
+        runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+    assert path.read_bytes().endswith(b'{"key"')  # nothing is cut from a damaged file
+    path.write_bytes(b"".join(lines[:4]) + b'{"key"')  # only a partial last line: dropped
+    assert len(runner.load_records(path)) == 4
+    assert path.read_bytes() == b"".join(lines[:4])
