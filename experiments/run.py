@@ -64,8 +64,12 @@ def main(argv):
             # bad config, incompatible or busy workdir, damaged results, missing data
             raise SystemExit(f"error: {e}") from None
         return
-    from experiments import toy_demo
+    from experiments import toy_demo, validate
 
+    try:
+        validate.validate(config)  # toy_demo.run checks too; here it ends in one line
+    except validate.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     rows = toy_demo.run(config)
     print(toy_demo.format_table(rows, config.rounds))
     if _WORKDIR.value:

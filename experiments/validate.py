@@ -1,6 +1,7 @@
 """Config validation: a bad setting fails with one line, before models load or files are written.
 
-:func:`validate` is the first thing a job does. It checks every key of the config
+:func:`validate` is the first thing a job does (``experiments.run``, the runner, the toy
+demo). It checks every key of the config
 against its accepted range and raises :class:`ConfigError` (a ``ValueError``) whose
 one-line message names each bad key, the value given and what is accepted, e.g.::
 
@@ -24,6 +25,14 @@ Accepted ranges of the ``speculative`` job (``experiments/configs/common.py``):
   (``B@name:shape``): ``+``-separated lists without repeats;
 - ``auto_draft_cost``: a finite number ``>= 0``; ``mesh``: ``""`` or ``1xM`` with
   ``M >= 1``; the string keys: one of their listed values.
+
+The ``toy_demo`` job (``experiments/configs/toy_demo.py``): ``vocab >= 3`` (its context is
+the ids ``(1, 2)``), ``order >= 1``, tables of at most :data:`TOY_TABLE_LIMIT` entries,
+``alpha`` finite ``> 0``, ``agreement`` in ``[0, 1]`` (outside it the draft table is no
+distribution, and lossless methods would look broken), ``rounds >= 1``, ``draft_cost``
+finite ``>= 0``, ``seed`` as above, and ``methods`` a ``+``-separated list of distinct
+drafting methods verified by node walks (no ``ar``: AR is always the first row; no
+``/tv``: the demo's round has no traversal).
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ SPECULATIVE_AT_LEAST_ONE = (
     "bootstrap",
 )
 SPECULATIVE_BOOLS = ("scan_layers", "probes", "progress", "plots")
+TOY_MIN_VOCAB = 3  # the demo drafts after the context (1, 2)
+TOY_TABLE_LIMIT = 2**24  # entries of one n-gram table, (vocab + 1) ** (order - 1) * vocab
 
 
 class ConfigError(ValueError):
@@ -137,8 +148,42 @@ def validate(config) -> None:
     """
     if config.job == "speculative":
         _speculative(config)
+    elif config.job == "toy_demo":
+        _toy_demo(config)
     else:
-        raise ConfigError(f"'job' must be 'speculative', got {config.job!r}")
+        raise ConfigError(f"'job' must be 'speculative' or 'toy_demo', got {config.job!r}")
+
+
+def _toy_demo(config) -> None:
+    c = _Checks(config)
+    c.int_in("vocab", TOY_MIN_VOCAB)
+    c.int_in("order", 1)
+    if not c.errors and (config.vocab + 1) ** (config.order - 1) * config.vocab > TOY_TABLE_LIMIT:
+        c.fail("order", f"small enough for (vocab + 1) ** (order - 1) * vocab <= {TOY_TABLE_LIMIT}")
+    a = config.alpha
+    if not (_is_real(a) and math.isfinite(a) and a > 0):
+        c.fail("alpha", "a finite number > 0 (the Dirichlet concentration)")
+    g = config.agreement
+    if not (_is_real(g) and 0 <= g <= 1):
+        c.fail("agreement", "in [0, 1] (the draft mixes the target's table with another)")
+    c.int_in("rounds", 1)
+    c.real_at_least_zero("draft_cost")
+    c.int_in("seed", 0, SEED_MAX)
+    items = c.items("methods")
+    if not items and not c.errors:
+        c.fail("methods", "a '+'-separated list of methods such as sd:3+rsd_s:2x3")
+    for item in items:
+        try:
+            method = methods.parse(item)
+        except ValueError as e:
+            c.errors.append(f"'methods': {e}")
+            continue
+        if method.spec.depth == 0:
+            c.fail("methods", "drafting methods only (AR is always the first row)")
+        elif method.traversal:
+            c.fail("methods", "node-walk methods only (the demo's round has no traversal; "
+                   "/tv methods run in the speculative job)")  # fmt: skip
+    c.raise_if_any()
 
 
 def _speculative(config) -> None:
