@@ -23,7 +23,6 @@ import sys
 if "jax" not in sys.modules and "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
-import json  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 
@@ -31,6 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from experiments import strict_json  # noqa: E402
 from models import adapter, decoder, testing  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
 from rsd_jax import decode, methods, sharding, transforms  # noqa: E402
@@ -129,7 +129,7 @@ def main(argv):
         rows.append(dict(placement=s.name, seconds_per_round=s.best, collectives=s.collectives))
     if _OUT.value:
         with open(_OUT.value, "w") as f:
-            json.dump(dict(method=_METHOD.value, batch=_BATCH.value, rows=rows), f, indent=2)
+            strict_json.dump(dict(method=_METHOD.value, batch=_BATCH.value, rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ agrees often but not always with its target.
 from __future__ import annotations
 
 import gc
-import json
 import time
 from collections.abc import Sequence
 
@@ -42,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import report
+from experiments import report, strict_json
 from rsd_jax import ot_bound, transforms
 
 _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or local path.")
@@ -310,7 +309,7 @@ def main(argv):
         for rec, (i, t) in zip(records, contexts, strict=True):
             rec |= dict(prompt=keys[i], position=t)
         with open(_OUT.value, "w") as f:
-            json.dump(dict(config=config, summary=summary, contexts=records), f, indent=1)
+            strict_json.dump(dict(config=config, summary=summary, contexts=records), f, indent=1)
         print(f"wrote {_OUT.value}")
 
 

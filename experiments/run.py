@@ -6,11 +6,12 @@ job modules it dispatches to (by ``config.job``).
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from experiments import strict_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config .py file[:k=v,...].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results (optional for demos).")
@@ -59,17 +60,29 @@ def main(argv):
 
         try:
             runner.run(config, _WORKDIR.value)
-        except (ValueError, DatasetMissingError) as e:  # bad config, workdir or missing data
+        except (ValueError, DatasetMissingError, runner.WorkdirBusyError) as e:
+            # bad config, incompatible or busy workdir, damaged results, missing data
             raise SystemExit(f"error: {e}") from None
         return
-    from experiments import toy_demo
+    from experiments import toy_demo, validate
 
+    try:
+        validate.validate(config)  # toy_demo.run checks too; here it ends in one line
+    except validate.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     rows = toy_demo.run(config)
     print(toy_demo.format_table(rows, config.rounds))
     if _WORKDIR.value:
-        os.makedirs(_WORKDIR.value, exist_ok=True)
-        with open(os.path.join(_WORKDIR.value, "summary.json"), "w") as f:
-            json.dump({"config": config.to_dict(), "rows": rows}, f, indent=2)
+        save_toy_summary(_WORKDIR.value, config, rows)
+
+
+def save_toy_summary(workdir: str, config, rows: list[dict]) -> str:
+    """Writes the toy demo's ``summary.json`` (standard JSON: AR's TV is ``null``)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "summary.json")
+    with open(path, "w") as f:
+        strict_json.dump({"config": config.to_dict(), "rows": rows}, f, indent=2)
+    return path
 
 
 if __name__ == "__main__":

@@ -4,11 +4,16 @@ Launch through ``experiments/run.py`` with one of ``experiments/configs/{default
 fixed_length,fixed_budget}.py``. In ``--workdir``:
 
 - ``config.json``: the config and the models' description; a rerun whose
-  result-affecting keys (:data:`COMPAT_KEYS`) or models differ is refused.
+  result-affecting keys (:data:`COMPAT_KEYS`) or models differ is refused while
+  ``results.jsonl`` holds a record (without one, the new config replaces the old).
 - ``results.jsonl``: one line per (prompt, method), appended (and fsynced) as soon as
   it completes. A rerun skips every key already there; a partial last line left by a
-  kill is dropped.
+  kill is dropped, and any other line that is not a record is an error naming the
+  file and line (:class:`DamagedResultsError`), raised before the models load.
 - ``summary.json``, ``table.md``, ``shapes.md`` and PNG plots (see :mod:`experiments.report`).
+- ``.lock``: held (``fcntl.flock``) by the run using the workdir, so a second concurrent
+  run on it fails at once (:class:`WorkdirBusyError`); the lock goes when the run ends,
+  however it ends (the file stays, holding the last run's pid).
 
 Timing: before a method's first timed prompt its programs are compiled by a warm-up
 (prefill + a decoding loop that runs no round), so compile time is not measured. Each
@@ -21,19 +26,21 @@ method (common random numbers), so a resumed run reproduces an uninterrupted one
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from experiments import plan as plan_lib
-from experiments import report, shape_search, sources
+from experiments import report, shape_search, sources, strict_json, validate
 from rsd_jax import decode, methods, sharding, transforms
 from rsd_jax import generate as gen
 
@@ -64,61 +71,142 @@ ADDED_KEYS = {"draft_vocab": 0}
 TIMING_FIELDS = ("seconds", "prefill_seconds", "decode_seconds")
 
 
+LOCK = ".lock"
+
+
 class IncompatibleWorkdirError(ValueError):
     """The workdir holds results of a config that generated differently."""
+
+
+class DamagedResultsError(ValueError):
+    """A complete line of ``results.jsonl`` is not a record (the message names the line)."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another run holds the workdir's lock."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path) -> Iterator[None]:
+    """Holds the exclusive lock of ``workdir`` (creating it) for one run.
+
+    ``fcntl.flock`` on ``WORKDIR/.lock``: the kernel releases it when the file is closed
+    or the process dies, so a killed run never leaves a stale lock. The holder's pid is
+    written into the file for the message of the run that is refused.
+
+    Raises:
+      WorkdirBusyError: another process (or another open of the file) holds the lock.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise WorkdirBusyError(
+                f"{workdir} is in use by another run (pid {holder}, lock {path}); wait for "
+                "it to finish or use another --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def record_key(prompt_key: str, method_text: str) -> str:
     return f"{prompt_key}|{method_text}"
 
 
-def check_workdir(workdir: Path, config, info: dict | None) -> None:
-    """Refuses a workdir made by an incompatible config; stores this config otherwise.
+def has_results(workdir: Path) -> bool:
+    """Whether ``results.jsonl`` holds a complete (newline-terminated) record line."""
+    path = workdir / RESULTS
+    if not path.is_file():
+        return False
+    raw = path.read_bytes()
+    return bool(raw[: raw.rfind(b"\n") + 1].strip())
 
-    With ``info=None`` (before the models are loaded) only the config keys are compared
-    and nothing is written.
+
+def _config_changes(workdir: Path, config, info: dict | None) -> list[str]:
+    """How ``config`` (and the models' ``info``, if given) differ from the stored config."""
+    path = workdir / CONFIG
+    if not path.is_file():
+        return []
+    stored = json.loads(path.read_text())
+    mine = {k: config[k] for k in COMPAT_KEYS}
+    old = {k: stored.get("config", {}).get(k, ADDED_KEYS.get(k)) for k in COMPAT_KEYS}
+    diff = [f"{k}: {old[k]!r} -> {mine[k]!r}" for k in COMPAT_KEYS if old[k] != mine[k]]
+    if info is not None and stored.get("models") != info:
+        diff.append("models differ")
+    return diff
+
+
+def check_workdir(workdir: Path, config, info: dict | None, log=None) -> None:
+    """Refuses a workdir holding results of an incompatible config; stores this config.
+
+    A workdir with a ``config.json`` but no result (no ``results.jsonl``, or one without
+    a complete record, as a run that failed before its first record leaves it) is never
+    refused: the new config replaces the stored one, and a calibration made under the
+    old one is removed. With ``info=None`` (before the models are loaded) only the
+    config keys are compared and nothing is written.
     """
     path = workdir / CONFIG
-    mine = {k: config[k] for k in COMPAT_KEYS}
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        old = {k: stored.get("config", {}).get(k, ADDED_KEYS.get(k)) for k in COMPAT_KEYS}
-        diff = [f"{k}: {old[k]!r} -> {mine[k]!r}" for k in COMPAT_KEYS if old[k] != mine[k]]
-        if info is not None and stored.get("models") != info:
-            diff.append("models differ")
-        if diff:
-            raise IncompatibleWorkdirError(
-                f"{workdir} holds results of an incompatible config ({'; '.join(diff)}); "
-                "use a new --workdir or restore those settings"
-            )
+    diff = _config_changes(workdir, config, info)
+    results = has_results(workdir)
+    if diff and results:
+        raise IncompatibleWorkdirError(
+            f"{workdir} holds results of an incompatible config ({'; '.join(diff)}); "
+            "use a new --workdir or restore those settings"
+        )
     if info is None:
         return
+    if diff:  # no results: nothing made under the old config is kept
+        (workdir / CALIBRATION).unlink(missing_ok=True)
+        if log is not None:
+            log(f"{path} replaced: no results were made under it ({'; '.join(diff)})")
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": config.to_dict(), "models": info}, indent=2))
+    tmp.write_text(strict_json.dumps({"config": config.to_dict(), "models": info}, indent=2))
     tmp.replace(path)
 
 
 def load_records(path: Path) -> dict[str, dict]:
-    """Records by key; a partial last line (killed mid-write) is cut off the file."""
+    """Records by key; a partial last line (killed mid-write) is cut off the file.
+
+    Raises:
+      DamagedResultsError: a complete (newline-terminated) line is not a JSON record
+        with a ``key``; the message names the file and the line number.
+    """
     if not path.is_file():
         return {}
     raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]
-        with open(path, "r+b") as f:
-            f.truncate(len(raw))
+    complete = raw[: raw.rfind(b"\n") + 1]
     out = {}
-    for line in raw.decode("utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[rec["key"]] = rec
+    for number, line in enumerate(complete.split(b"\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            problem = "" if isinstance(rec, dict) and "key" in rec else "no record key"
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            problem = str(e)
+        if problem:
+            raise DamagedResultsError(
+                f"{path}, line {number}: damaged result record ({problem}); delete or repair "
+                "that line (the run then redoes only its record) and rerun"
+            )
+        out[rec["key"]] = rec
+    if len(complete) < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
     return out
 
 
 def append_record(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(strict_json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -274,7 +362,7 @@ def calibrate(
         counts.append(rec["rank_count"])
     table = shape_search.calibration_table(sums, counts)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": settings, "table": table.to_json()}, indent=2))
+    tmp.write_text(strict_json.dumps({"settings": settings, "table": table.to_json()}, indent=2))
     tmp.replace(path)
     return table
 
@@ -350,19 +438,33 @@ def run(
       log: where messages go.
 
     Raises:
-      ValueError: bad methods or shapes (before anything is loaded).
+      ValueError: a bad config (:class:`experiments.validate.ConfigError`: every key,
+        then methods and shapes), before anything is loaded or written.
       IncompatibleWorkdirError: see :func:`check_workdir`.
+      WorkdirBusyError: another run is using ``workdir`` (see :func:`workdir_lock`).
     """
-    specs = plan_lib.plan(config)  # validates methods and budgets before loading anything
+    validate.validate(config)  # every key, methods, shapes: before loading or writing
+    specs = plan_lib.plan(config)
     mesh_sizes = _mesh_sizes(config)
-    sources.dataset_names(config)
     workdir = Path(workdir)
+    with workdir_lock(workdir):
+        return _run_locked(
+            config, workdir, specs, mesh_sizes, model_source, prompt_source, on_record, log
+        )
+
+
+def _run_locked(
+    config, workdir, specs, mesh_sizes, model_source, prompt_source, on_record, log
+) -> dict:
+    """The body of :func:`run`, with the config valid and the workdir locked."""
     check_workdir(workdir, config, None)  # fail fast, before loading models
+    path = workdir / RESULTS
+    records = load_records(path)  # a damaged file fails here, before loading models
     shapes = plan_lib.describe(specs)
     log("Shapes used (B = draft nodes scored per target call, root excluded):\n" + shapes)
     start = time.perf_counter()
     bundle = (model_source or sources.real_models)(config)
-    check_workdir(workdir, config, bundle.info)
+    check_workdir(workdir, config, bundle.info, log)
     layout = None
     if mesh_sizes is not None:
         mesh = sharding.make_mesh(*mesh_sizes)
@@ -393,8 +495,6 @@ def run(
         shapes = plan_lib.describe(specs)
         log("Shapes with shape=auto:\n" + shapes)
         (workdir / SHAPES).write_text(shapes + "\n")
-    path = workdir / RESULTS
-    records = load_records(path)
     texts = list(dict.fromkeys(s.text for s in specs))
     pending = [
         (p, t) for p in prompts for t in texts if record_key(p.key, t) not in records
@@ -434,7 +534,7 @@ def run(
         bar.close()
     summary = report.summarize(config, specs, prompts, records, bundle)
     summary["wall_seconds_this_invocation"] = time.perf_counter() - start
-    (workdir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    (workdir / SUMMARY).write_text(strict_json.dumps(summary, indent=2))
     table = report.format_table(summary)
     (workdir / TABLE).write_text(table + "\n")
     if config.plots:

@@ -22,9 +22,10 @@ calibrated widths and a depth cap, and returns the best under the model.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
+
+from experiments import strict_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,4 +160,4 @@ def describe(table: AcceptanceTable) -> str:
 
 
 def dumps(table: AcceptanceTable) -> str:
-    return json.dumps(table.to_json())
+    return strict_json.dumps(table.to_json())  # unmeasured cells (NaN) as null

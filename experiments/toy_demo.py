@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import validate
 from models import toy
 from rsd_jax import methods, metrics
 
@@ -28,14 +29,19 @@ def _round_fn(method, draft, target, prefix):
 
 
 def run(config) -> list[dict]:
-    """Runs the demo; returns one row of metrics per method (AR first)."""
+    """Runs the demo; returns one row of metrics per method (AR first).
+
+    Raises:
+      experiments.validate.ConfigError: a setting out of range, before anything runs.
+    """
+    validate.validate(config)
     rng = np.random.default_rng(config.seed)
     target = toy.random_table(rng, config.vocab, config.order, alpha=config.alpha)
     other = toy.random_table(rng, config.vocab, config.order, alpha=config.alpha)
     draft = config.agreement * target + (1 - config.agreement) * other
     prefix = (1, 2)
     q_first = target[toy.context_of(prefix, config.order, config.vocab)]
-    chosen = [methods.parse(text) for text in config.methods.split("+")]
+    chosen = [methods.parse(text) for text in config.methods.split("+") if text.strip()]
     # E|empirical - p| ~ sqrt(2 p (1 - p) / (pi n)) per id, for an exact sampler.
     tv_noise = 0.5 * float(np.sum(np.sqrt(2 * q_first * (1 - q_first) / (np.pi * config.rounds))))
     rows = [

@@ -15,7 +15,8 @@ def to_rsd_model(model):
 
     Returns:
       rsd_jax.generate.Model(apply, params, init_cache(batch, capacity), vocab_size,
-      sharding), `sharding` being the tensor-parallel rules of `models.sharding`.
+      sharding, max_positions), `sharding` being the tensor-parallel rules of
+      `models.sharding` and `max_positions` the trained context (0 when unknown).
     """
     from rsd_jax.generate import Model
 
@@ -26,4 +27,5 @@ def to_rsd_model(model):
         init_cache=functools.partial(decoder.init_cache, config),
         vocab_size=config.vocab_size,
         sharding=sharding.model_sharding(config),
+        max_positions=config.max_positions,
     )

@@ -14,6 +14,7 @@ shapes never retrace. With a :class:`~rsd_jax.sharding.Layout` (or ``mesh=`` in
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -39,6 +40,8 @@ class Model(NamedTuple):
       vocab_size: logits width ``V``.
       sharding: optional ``(params, mesh) -> rsd_jax.sharding.ModelSharding``, the
         model's partition rules for multi-device runs (None: replicated params).
+      max_positions: the context length it was trained for (0: unknown); prompts whose
+        length plus ``max_new_tokens`` exceed it draw a warning.
     """
 
     apply: Callable
@@ -46,6 +49,7 @@ class Model(NamedTuple):
     init_cache: Callable
     vocab_size: int
     sharding: Callable | None = None
+    max_positions: int = 0
 
 
 class Result(NamedTuple):
@@ -61,6 +65,46 @@ class Result(NamedTuple):
     tokens: list[list[int]]
     counters: decode.Counters
     state: decode.DecodeState
+
+
+def _id_error(row: int, position: int, token, vocab_size: int) -> ValueError:
+    return ValueError(
+        f"token id {token} (prompt {row}, position {position}) is outside the vocabulary "
+        f"[0, {vocab_size})"
+    )
+
+
+def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
+    """Raises ValueError naming the first prompt id outside ``[0, vocab_size)``.
+
+    An id past the vocabulary would read an embedding out of bounds (NaN) and a negative
+    one would wrap around to the last ids, so neither may reach the model.
+    """
+    for row, p in enumerate(prompts):
+        ids = np.asarray(p)
+        if ids.dtype.kind in "iu" and ids.ndim == 1:
+            bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+            if bad.size:
+                raise _id_error(row, int(bad[0]), int(ids[bad[0]]), vocab_size)
+            continue
+        for i, t in enumerate(p):  # ints beyond int64, or not ints at all
+            if not (isinstance(t, int | np.integer) and not isinstance(t, bool)):
+                raise ValueError(f"prompt {row}, position {i}: token ids are integers, got {t!r}")
+            if not 0 <= t < vocab_size:
+                raise _id_error(row, i, t, vocab_size)
+
+
+def _check_context(models, longest: int, max_new_tokens: int) -> None:
+    """Warns when ``longest + max_new_tokens`` passes a model's trained context."""
+    for name, model in models:
+        limit = getattr(model, "max_positions", 0) if model is not None else 0
+        if limit and longest + max_new_tokens > limit:
+            warnings.warn(
+                f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} needs "
+                f"{longest + max_new_tokens} positions, more than the {name}'s trained context "
+                f"of {limit}: its predictions past position {limit} are unreliable",
+                stacklevel=3,
+            )
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int | None = None):
@@ -115,7 +159,9 @@ def init_state(
       target, draft: the models (draft None for AR).
       prompts: ``[B, P]`` right-padded ids; ``P`` is the bucket.
       prompt_len: ``[B]`` true lengths (>= 2 with a draft: the draft re-reads
-        the last committed token each round; >= 1 for AR).
+        the last committed token each round; >= 1 for AR). Ids within them must be in
+        ``[0, target.vocab_size)`` (ValueError otherwise); a prompt whose length plus
+        ``max_new_tokens`` passes a model's ``max_positions`` draws a warning.
       keys: ``[B, 2]`` per-row PRNG keys.
       max_new_tokens: generation budget (static: sizes the buffers).
       sampling: temperature / top-k / top-p, shared by draft and target.
@@ -131,6 +177,17 @@ def init_state(
         raise ValueError(f"prompts need at least {minimum} tokens for {engine.method.name}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    ids = np.asarray(prompts)
+    bad = (np.arange(bucket)[None, :] < lengths[:, None]) & ((ids < 0) | (ids >= target.vocab_size))
+    if bad.any():
+        row, pos = (int(x[0]) for x in np.nonzero(bad))
+        raise _id_error(row, pos, int(ids[row, pos]), target.vocab_size)
+    drafting = engine.method.spec.depth > 0
+    _check_context(
+        (("target", target), ("draft", draft if drafting else None)),
+        int(lengths.max()),
+        max_new_tokens,
+    )
     buffer, capacity = engine.capacities(bucket, max_new_tokens)
     tokens = jnp.zeros((batch, buffer), jnp.int32).at[:, :bucket].set(prompts)
 
@@ -287,7 +344,8 @@ def generate(
     Args:
       target: the target model; its law (after ``sampling``) is what comes out.
       draft: the draft model (same tokenizer); None only for AR.
-      prompts: token-id lists (different lengths are fine).
+      prompts: token-id lists (different lengths are fine), ids in
+        ``[0, target.vocab_size)`` (ValueError naming the first other id).
       method: a :class:`~rsd_jax.methods.Method`, a compact string such as
         ``"rsd_s:3x2"`` (see :func:`rsd_jax.methods.parse`), or ``"ar"``.
       key: PRNG key; row ``i`` uses ``fold_in(key, i)`` unless ``keys`` is given.
@@ -317,6 +375,7 @@ def generate(
         )
     if driver not in ("while", "python"):
         raise ValueError(f"driver must be 'while' or 'python', got {driver!r}")
+    check_token_ids(prompts, target.vocab_size)  # before padding casts them to int32
     engine = decode.Engine(
         method=method,
         target_apply=target.apply,

@@ -14,6 +14,7 @@ arrays or Python scalars; changing their *values* never triggers a recompile.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,7 @@ class SamplingParams:
     """Run-time sampling settings shared by draft and target.
 
     Attributes:
-      temperature: ``T >= 0``; ``0`` means greedy (one-hot argmax).
+      temperature: finite ``T >= 0``; ``0`` means greedy (one-hot argmax).
       top_k: keep the ``k`` most likely ids; ``0`` disables. Ties at the k-th
         value are all kept (the rule is "logit >= k-th largest logit").
       top_p: nucleus mass in ``(0, 1]``; ``1`` disables. Keeps the smallest set
@@ -42,12 +43,15 @@ class SamplingParams:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        # NaN fails every comparison, so each test is written to fail on it.
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(
+                f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}"
+            )
         if int(self.top_k) != self.top_k or self.top_k < 0:
             raise ValueError(f"top_k must be a non-negative integer, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
 
 
 def ban_ids(logits: Array, banned: Array | None) -> Array:

@@ -108,3 +108,65 @@ def test_scan_layers_reaches_the_loaders(tmp_path, monkeypatch, scan):
         assert (decoder.LAYERS in model.params) == scan
         assert ("layers_0" in model.params) == (not scan)
     assert "scan_layers" not in bundle.info["target_config"]  # workdirs do not depend on it
+
+
+@pytest.mark.parametrize(
+    "arg,msg",
+    [
+        ("agreement=1.5", "'agreement' must be in [0, 1] (the draft mixes the target's table "
+         "with another), got 1.5"),
+        ("agreement=-0.5", "'agreement' must be in [0, 1]"),
+        ("alpha=0", "'alpha' must be a finite number > 0 (the Dirichlet concentration), got 0.0"),
+        ("alpha=inf", "'alpha' must be a finite number > 0"),
+        ("order=0", "'order' must be an integer >= 1, got 0"),
+        ("vocab=2", "'vocab' must be an integer >= 3, got 2"),
+        ("vocab=100,order=5", "'order' must be small enough for (vocab + 1) ** (order - 1) * "
+         "vocab <= 16777216, got 5"),
+        ("rounds=0", "'rounds' must be an integer >= 1, got 0"),
+        ("draft_cost=nan", "'draft_cost' must be a finite number >= 0, got nan"),
+        ("seed=-1", "'seed' must be an integer in [0, 4294967295], got -1"),
+        ("seed=99999999999999999999", "'seed' must be an integer in [0, 4294967295]"),
+        ("methods=ar+sd:2", "'methods' must be drafting methods only (AR is always the first row)"),
+        ("methods=sd:2+sd:2", "'methods' must be a '+'-separated list without repeats "
+         "(repeated: sd:2)"),
+        ("methods=sd:2/tv", "'methods' must be node-walk methods only"),
+        ("methods=sd:x", "'methods': bad method 'sd:x'"),
+        ("methods=+", "'methods' must be a '+'-separated list of methods"),
+    ],
+)  # fmt: skip
+def test_toy_demo_rejects_bad_settings_before_running(arg, msg, monkeypatch):
+    from experiments import validate
+    from models import toy
+
+    def never(*args, **kw):
+        raise AssertionError("nothing may run for a bad setting")
+
+    monkeypatch.setattr(toy, "random_table", never)
+    with pytest.raises(validate.ConfigError) as e:
+        toy_demo.run(toy_demo_config.get_config(arg))
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "config,error",
+    [
+        ("toy_demo.py:agreement=1.5,rounds=10",
+         "error: bad config: 'agreement' must be in [0, 1] (the draft mixes the target's table "
+         "with another), got 1.5"),
+        ("default.py:max_new_tokens=0,seed=-1",
+         "error: bad config: 'max_new_tokens' must be an integer >= 1, got 0; 'seed' must be an "
+         "integer in [0, 4294967295], got -1"),
+    ],
+)  # fmt: skip
+def test_command_line_reports_a_bad_setting_in_one_line(tmp_path, config, error):
+    workdir = tmp_path / "out"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.run", f"--config=experiments/configs/{config}",
+         f"--workdir={workdir}", "--compile_cache="],
+        env=env, cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == error
+    assert "Traceback" not in out.stderr
+    assert not workdir.exists()  # nothing written

@@ -7,15 +7,21 @@ only the model and prompt sources are injected (``experiments.sources.toy_source
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from experiments import runner, sources
 from experiments.configs import default, fixed_budget, fixed_length
+from tests.experiments_strict_json_test import strict_loads
 
 METHODS = "ar+sd:2+spectr:2x2+rsd_s:2x2"
 BASE = f"method={METHODS},dataset=humaneval+summarise,num_prompts=4,max_new_tokens=8"
 BASE += ",progress=false,bootstrap=50"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(workdir, arg=BASE, config_module=default, **kw):
@@ -58,7 +64,10 @@ def test_outputs_records_summary_table_and_plots(full_run):
         "token_rate_ratio_vs_budget.png",
     ):
         assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
-    stored = json.loads((workdir / "summary.json").read_text())
+    stored = strict_loads((workdir / "summary.json").read_text())
+    strict_loads((workdir / "config.json").read_text())
+    for line in (workdir / runner.RESULTS).read_text().splitlines():
+        strict_loads(line)
     assert set(stored["methods"]) == {"ar", "sd:2", "spectr:2x2", "rsd_s:2x2"}
     for label, e in stored["methods"].items():
         for key in ("block_efficiency", "mbsu", "token_rate", "token_rate_ratio_vs_ar"):
@@ -148,7 +157,7 @@ def test_greedy_methods_reproduce_ar(tmp_path):
         (fixed_length, "method=foo", "unknown method 'foo'"),
         (default, "dataset=xsum", "unknown dataset 'xsum'"),
         (default, "shape=auto", "needs sweep=budget"),
-        (fixed_budget, "shape=best", "must be '' or 'auto'"),
+        (fixed_budget, "shape=best", "'shape' must be one of '', 'auto', got 'best'"),
         (fixed_budget, "method=mrs/tv", "only sd, rsd_c and rsd_s take /tv"),
     ],
 )
@@ -180,7 +189,7 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
     arg += ",shape=auto,calibration_prompts=1,calibration_shape=3-2,calibration_tokens=8"
     arg += ",progress=false,bootstrap=20"
     summary, logs = _run(tmp_path, arg, fixed_budget)
-    calib = json.loads((tmp_path / runner.CALIBRATION).read_text())
+    calib = strict_loads((tmp_path / runner.CALIBRATION).read_text())  # unmeasured: null
     evaluated = {m["prompt"] for m in runner.load_records(tmp_path / runner.RESULTS).values()}
     assert not set(calib["settings"]["prompts"]) & evaluated  # calibration prompts not scored
     count = calib["table"]["count"]
@@ -221,3 +230,72 @@ def test_probes_report_walk_and_traversal_on_the_same_trees(tmp_path):
     assert "expected_eta_traversal" not in m["spectr:2x2"]  # i.i.d. trees: walk only
     assert "expected_eta_walk" in m["spectr:2x2"] and "expected_eta_walk" not in m["ar"]
     assert "exact E[tokens/call], traversal" in (tmp_path / "table.md").read_text()
+
+
+def _never(config):
+    raise AssertionError("this workdir must be refused before loading models")
+
+
+def test_second_lock_on_a_workdir_fails_fast_and_is_released_on_exit(tmp_path):
+    with runner.workdir_lock(tmp_path):
+        with pytest.raises(runner.WorkdirBusyError, match=rf"pid {os.getpid()}, lock .*\.lock"):
+            with runner.workdir_lock(tmp_path):
+                pass
+        with pytest.raises(runner.WorkdirBusyError, match="in use by another run"):
+            runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+    with runner.workdir_lock(tmp_path):  # released on exit
+        pass
+
+    class Boom(Exception):
+        pass
+
+    def boom(config):
+        raise Boom
+
+    with pytest.raises(Boom):  # a run that fails releases the lock as well
+        runner.run(default.get_config(BASE), tmp_path, model_source=boom, log=len)
+    with runner.workdir_lock(tmp_path):
+        pass
+
+
+def test_a_concurrent_run_in_another_process_is_refused_until_it_dies(tmp_path):
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom experiments import runner\n"
+        "with runner.workdir_lock(Path(sys.argv[1])):\n"
+        "    print('locked', flush=True)\n    sys.stdin.readline()\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(runner.WorkdirBusyError, match=rf"pid {child.pid}\b"):
+            runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+    finally:
+        child.kill()  # killed, not a clean exit: the kernel drops the lock
+        child.wait()
+    with runner.workdir_lock(tmp_path):
+        pass
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [(b'{"key": "x", "tok\n', "Unterminated string"), (b"[1, 2]\n", "no record key"),
+     (b"\xff\xfe\n", "utf-8")],
+)  # fmt: skip
+def test_damaged_line_inside_results_names_file_and_line(full_run, tmp_path, damage, problem):
+    ref_dir, _, _ = full_run
+    lines = (ref_dir / runner.RESULTS).read_bytes().splitlines(keepends=True)
+    path = tmp_path / runner.RESULTS
+    path.write_bytes(b"".join(lines[:2]) + b"\n" + damage + b"".join(lines[2:4]) + b'{"key"')
+    (tmp_path / runner.CONFIG).write_bytes((ref_dir / runner.CONFIG).read_bytes())
+    with pytest.raises(runner.DamagedResultsError, match=rf"results\.jsonl, line 4: .*{problem}"):
+        runner.load_records(path)
+    with pytest.raises(runner.DamagedResultsError, match=rf"{path}, line 4: damaged"):
+        runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+    assert path.read_bytes().endswith(b'{"key"')  # nothing is cut from a damaged file
+    path.write_bytes(b"".join(lines[:4]) + b'{"key"')  # only a partial last line: dropped
+    assert len(runner.load_records(path)) == 4
+    assert path.read_bytes() == b"".join(lines[:4])

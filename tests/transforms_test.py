@@ -83,6 +83,21 @@ class TransformsTest(chex.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, list(kw)[0]):
             transforms.SamplingParams(**kw)
 
+    @parameterized.parameters(
+        dict(kw=dict(temperature=float("inf")), msg=r"temperature must be a finite number >= 0"),
+        dict(kw=dict(temperature=float("nan")), msg=r"temperature must be a finite number >= 0"),
+        dict(kw=dict(temperature=-0.5), msg=r"temperature must be a finite number >= 0"),
+        dict(kw=dict(top_p=float("nan")), msg=r"top_p must be in \(0, 1\] \(1 = off\), got nan"),
+        dict(kw=dict(top_p=float("inf")), msg=r"top_p must be in \(0, 1\]"),
+    )
+    def test_non_finite_sampling_params_name_the_setting_and_range(self, kw, msg):
+        with self.assertRaisesRegex(ValueError, msg):
+            transforms.SamplingParams(**kw)
+
+    def test_boundary_sampling_params_are_accepted(self):
+        transforms.SamplingParams(temperature=0.0, top_p=1.0)
+        transforms.SamplingParams(temperature=1e6, top_p=1e-6)
+
     def test_bad_vocab_mask(self):
         with self.assertRaisesRegex(ValueError, "valid_vocab_size"):
             transforms.vocab_mask(5, 7)

@@ -63,8 +63,8 @@ SPECULATIVE_DEFAULTS = dict(
     max_prompt_tokens=128,  # user text longer than this keeps its head and tail
     chat_template="auto",  # auto (chat tasks) | always | never
     shakespeare_lines=8,
-    temperature=-1.0,  # < 0: the paper's per-dataset setting (0.3 summarise/translate, else 1.0)
-    top_p=-1.0,  # < 0: the paper's per-dataset setting (1.0 summarise/translate, else 0.95)
+    temperature=-1.0,  # -1: the paper's per-dataset setting (0.3 summarise/translate, else 1)
+    top_p=-1.0,  # -1: the paper's per-dataset setting (1.0 summarise/translate, else 0.95)
     seed=0,
     lengths="2+3+4+5",  # sweep=length
     width=3,  # sweep=length: K = W = width, RSD-C width-1-..-1
@@ -87,7 +87,10 @@ SPECULATIVE_DEFAULTS = dict(
 
 def speculative(arg: str | None, **overrides) -> ml_collections.ConfigDict:
     """A config of the ``speculative`` job: :data:`SPECULATIVE_DEFAULTS` updated by the
-    config module's ``overrides``, then by the command line's ``k=v`` string ``arg``."""
+    config module's ``overrides``, then by the command line's ``k=v`` string ``arg``.
+
+    Values are range-checked by :func:`experiments.validate.validate`, which the runner
+    calls before it loads or writes anything."""
     unknown = set(overrides) - set(SPECULATIVE_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown speculative config keys {sorted(unknown)}")

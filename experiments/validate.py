@@ -1,0 +1,257 @@
+"""Config validation: a bad setting fails with one line, before models load or files are written.
+
+:func:`validate` is the first thing a job does (``experiments.run``, the runner, the toy
+demo). It checks every key of the config
+against its accepted range and raises :class:`ConfigError` (a ``ValueError``) whose
+one-line message names each bad key, the value given and what is accepted, e.g.::
+
+    bad config: 'max_new_tokens' must be an integer >= 1, got 0; 'seed' must be an
+    integer in [0, 4294967295], got -1
+
+All key errors are reported together; then the methods and shapes of the sweep are
+checked (:func:`experiments.plan.plan`), which needs valid keys to begin with.
+
+Accepted ranges of the ``speculative`` job (``experiments/configs/common.py``):
+
+- ``temperature``: ``-1`` (the paper's per-dataset setting) or a finite number ``>= 0``
+  (``0`` = greedy); ``top_p``: ``-1`` (the paper's setting) or in ``(0, 1]``;
+- ``seed``: an integer in ``[0, 2**32 - 1]`` (the calibration draw adds a small offset);
+- ``num_prompts``, ``max_new_tokens``, ``shakespeare_lines``, ``width``,
+  ``sd_max_length``, ``bootstrap``, ``calibration_prompts``, ``calibration_tokens``,
+  ``auto_max_depth``: integers ``>= 1``; ``max_prompt_tokens``: ``>= 2``
+  (:data:`MIN_PROMPT_TOKENS`: drafting re-reads the last prompt token, so a prompt needs
+  two);
+- ``dataset``, ``method``, ``lengths``, ``budgets`` (integers ``>= 1``) and ``shapes``
+  (``B@name:shape``): ``+``-separated lists without repeats;
+- ``auto_draft_cost``: a finite number ``>= 0``; ``mesh``: ``""`` or ``1xM`` with
+  ``M >= 1``; the string keys: one of their listed values.
+
+The ``toy_demo`` job (``experiments/configs/toy_demo.py``): ``vocab >= 3`` (its context is
+the ids ``(1, 2)``), ``order >= 1``, tables of at most :data:`TOY_TABLE_LIMIT` entries,
+``alpha`` finite ``> 0``, ``agreement`` in ``[0, 1]`` (outside it the draft table is no
+distribution, and lossless methods would look broken), ``rounds >= 1``, ``draft_cost``
+finite ``>= 0``, ``seed`` as above, and ``methods`` a ``+``-separated list of distinct
+drafting methods verified by node walks (no ``ar``: AR is always the first row; no
+``/tv``: the demo's round has no traversal).
+"""
+
+from __future__ import annotations
+
+import math
+
+from experiments import datasets
+from experiments import plan as plan_lib
+from models.config import DTYPES
+from rsd_jax import methods, sharding
+
+SEED_MAX = 2**32 - 1
+MIN_PROMPT_TOKENS = 2
+PAPER_SETTING = -1  # temperature / top_p: the paper's per-dataset value
+SWEEPS = ("none", "length", "budget")
+CHAT_TEMPLATES = ("auto", "always", "never")
+SHAPE_MODES = ("", "auto")
+SPECULATIVE_AT_LEAST_ONE = (
+    "num_prompts",
+    "max_new_tokens",
+    "shakespeare_lines",
+    "width",
+    "sd_max_length",
+    "calibration_prompts",
+    "calibration_tokens",
+    "auto_max_depth",
+    "bootstrap",
+)
+SPECULATIVE_BOOLS = ("scan_layers", "probes", "progress", "plots")
+TOY_MIN_VOCAB = 3  # the demo drafts after the context (1, 2)
+TOY_TABLE_LIMIT = 2**24  # entries of one n-gram table, (vocab + 1) ** (order - 1) * vocab
+
+
+class ConfigError(ValueError):
+    """A config value outside its accepted range (the message names key, value and range)."""
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+class _Checks:
+    """Collects one message per bad key of ``config``."""
+
+    def __init__(self, config):
+        self.config = config
+        self.errors: list[str] = []
+
+    def fail(self, key: str, accepted: str) -> None:
+        self.errors.append(f"{key!r} must be {accepted}, got {self.config[key]!r}")
+
+    def int_in(self, key: str, lo: int, hi: int | None = None) -> None:
+        value = self.config[key]
+        if not (_is_int(value) and value >= lo and (hi is None or value <= hi)):
+            self.fail(key, f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]")
+
+    def real_at_least_zero(self, key: str) -> None:
+        value = self.config[key]
+        if not (_is_real(value) and math.isfinite(value) and value >= 0):
+            self.fail(key, "a finite number >= 0")
+
+    def choice(self, key: str, options) -> None:
+        if self.config[key] not in options:
+            self.fail(key, "one of " + ", ".join(repr(o) for o in options))
+
+    def boolean(self, key: str) -> None:
+        if not isinstance(self.config[key], bool):
+            self.fail(key, "true or false")
+
+    def items(self, key: str) -> list[str]:
+        """The ``+``-separated items of a string key; a repeated item is an error."""
+        value = self.config[key]
+        if not isinstance(value, str):
+            self.fail(key, "a '+'-separated string")
+            return []
+        items = [x.strip() for x in value.split("+") if x.strip()]
+        repeated = sorted({x for x in items if items.count(x) > 1})
+        if repeated:
+            self.fail(
+                key, f"a '+'-separated list without repeats (repeated: {', '.join(repeated)})"
+            )
+        return items
+
+    def ints(self, key: str, minimum: int = 1) -> None:
+        """A non-empty ``+``-separated list of distinct integers ``>= minimum``."""
+        items = self.items(key)
+        accepted = f"'+'-separated distinct integers >= {minimum}"
+        try:
+            values = [int(x) for x in items]
+        except ValueError:
+            self.fail(key, accepted)
+            return
+        if not values or min(values) < minimum:
+            self.fail(key, accepted)
+        elif len(set(values)) < len(values) and len(set(items)) == len(items):  # 2+02
+            self.fail(key, accepted)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise ConfigError("bad config: " + "; ".join(self.errors))
+
+
+def validate(config) -> None:
+    """Checks every key of a job's config before anything is loaded or written.
+
+    Raises:
+      ConfigError: one line naming each bad key, its value and the accepted range; or
+        the first problem with the methods and shapes (:func:`experiments.plan.plan`).
+    """
+    if config.job == "speculative":
+        _speculative(config)
+    elif config.job == "toy_demo":
+        _toy_demo(config)
+    else:
+        raise ConfigError(f"'job' must be 'speculative' or 'toy_demo', got {config.job!r}")
+
+
+def _toy_demo(config) -> None:
+    c = _Checks(config)
+    c.int_in("vocab", TOY_MIN_VOCAB)
+    c.int_in("order", 1)
+    if not c.errors and (config.vocab + 1) ** (config.order - 1) * config.vocab > TOY_TABLE_LIMIT:
+        c.fail("order", f"small enough for (vocab + 1) ** (order - 1) * vocab <= {TOY_TABLE_LIMIT}")
+    a = config.alpha
+    if not (_is_real(a) and math.isfinite(a) and a > 0):
+        c.fail("alpha", "a finite number > 0 (the Dirichlet concentration)")
+    g = config.agreement
+    if not (_is_real(g) and 0 <= g <= 1):
+        c.fail("agreement", "in [0, 1] (the draft mixes the target's table with another)")
+    c.int_in("rounds", 1)
+    c.real_at_least_zero("draft_cost")
+    c.int_in("seed", 0, SEED_MAX)
+    items = c.items("methods")
+    if not items and not c.errors:
+        c.fail("methods", "a '+'-separated list of methods such as sd:3+rsd_s:2x3")
+    for item in items:
+        try:
+            method = methods.parse(item)
+        except ValueError as e:
+            c.errors.append(f"'methods': {e}")
+            continue
+        if method.spec.depth == 0:
+            c.fail("methods", "drafting methods only (AR is always the first row)")
+        elif method.traversal:
+            c.fail("methods", "node-walk methods only (the demo's round has no traversal; "
+                   "/tv methods run in the speculative job)")  # fmt: skip
+    c.raise_if_any()
+
+
+def _speculative(config) -> None:
+    c = _Checks(config)
+    c.choice("sweep", SWEEPS)
+    c.items("method")
+    for key in ("target", "draft"):
+        if not (isinstance(config[key], str) and config[key].strip()):
+            c.fail(key, "a preset name or a model path")
+    c.choice("dtype", DTYPES)
+    names = c.items("dataset")
+    unknown = [n for n in names if n not in datasets.DATASETS]
+    if unknown or not names:
+        which = f" (unknown dataset {unknown[0]!r})" if unknown else ""
+        c.fail("dataset", "'+'-separated names among " + ", ".join(datasets.DATASETS) + which)
+    for key in SPECULATIVE_AT_LEAST_ONE:
+        c.int_in(key, 1)
+    c.int_in("max_prompt_tokens", MIN_PROMPT_TOKENS)
+    c.int_in("draft_vocab", 0)  # 0 = full; the upper bound is the draft's, checked on load
+    c.choice("chat_template", CHAT_TEMPLATES)
+    t, p = config.temperature, config.top_p
+    if not (_is_real(t) and (t == PAPER_SETTING or (math.isfinite(t) and t >= 0))):
+        c.fail("temperature", "-1 (the paper's per-dataset setting) or a finite number >= 0")
+    if not (_is_real(p) and (p == PAPER_SETTING or 0 < p <= 1)):
+        c.fail("top_p", "-1 (the paper's per-dataset setting) or in (0, 1]")
+    c.int_in("seed", 0, SEED_MAX)
+    c.ints("lengths")
+    c.ints("budgets")
+    _shape_overrides(c)
+    c.choice("shape", SHAPE_MODES)
+    try:
+        methods.parse(f"rsd_c:{config.calibration_shape}")
+    except ValueError:
+        c.fail("calibration_shape", "an RSD-C branching such as 4-4")
+    c.real_at_least_zero("auto_draft_cost")
+    for key in SPECULATIVE_BOOLS:
+        c.boolean(key)
+    try:
+        sizes = sharding.parse_mesh(config.mesh)
+    except (ValueError, AttributeError):
+        sizes = (0, 0)
+    if sizes is not None and (sizes[0] != 1 or sizes[1] < 1):
+        c.fail("mesh", "'' (one device) or 1xM with M >= 1 (prompts run one at a time, so the "
+               "data axis must be 1)")  # fmt: skip
+    c.raise_if_any()
+    try:
+        specs = plan_lib.plan(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    labels = [s.label for s in specs]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise ConfigError(
+            f"'method' must run each method once per sweep point; {', '.join(repeated)} "
+            f"comes twice (from {config.method!r})"
+        )
+
+
+def _shape_overrides(c: _Checks) -> None:
+    """``shapes``: ``B@name:shape`` items, at most one per (budget, method name)."""
+    seen = set()
+    for item in c.items("shapes"):
+        b, sep, text = item.partition("@")
+        name = text.split(":")[0].partition("/")[0]
+        if not (sep and ":" in text and b.strip().isdigit() and int(b) >= 1):
+            c.fail("shapes", "'+'-separated B@name:shape items with B >= 1")
+            return
+        if (int(b), name) in seen:
+            c.fail("shapes", f"at most one override per budget and method (B={int(b)} {name})")
+            return
+        seen.add((int(b), name))

@@ -1,0 +1,148 @@
+"""Config validation: every bad setting fails in one line, before models load or files are
+written; a workdir without results never blocks a corrected rerun."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import runner, sources, validate
+from experiments.configs import default, fixed_budget, fixed_length, verifiers
+
+BAD = [
+    (default, "max_new_tokens=0", "'max_new_tokens' must be an integer >= 1, got 0"),
+    (default, "seed=99999999999999999999",
+     "'seed' must be an integer in [0, 4294967295], got 99999999999999999999"),
+    (default, "seed=-1", "'seed' must be an integer in [0, 4294967295], got -1"),
+    (default, "seed=4294967296", "'seed' must be an integer in [0, 4294967295], got 4294967296"),
+    (default, "bootstrap=0", "'bootstrap' must be an integer >= 1, got 0"),
+    (default, "max_prompt_tokens=-1", "'max_prompt_tokens' must be an integer >= 2, got -1"),
+    (default, "max_prompt_tokens=1", "'max_prompt_tokens' must be an integer >= 2, got 1"),
+    (default, "shakespeare_lines=0", "'shakespeare_lines' must be an integer >= 1, got 0"),
+    (default, "num_prompts=0", "'num_prompts' must be an integer >= 1, got 0"),
+    (default, "dataset=humaneval+humaneval",
+     "'dataset' must be a '+'-separated list without repeats (repeated: humaneval)"),
+    (default, "dataset=humaneval+xsum", "'dataset' must be '+'-separated names among "
+     "humaneval, chat, summarise, translate, shakespeare (unknown dataset 'xsum'), "
+     "got 'humaneval+xsum'"),
+    (default, "method=ar+sd:2+sd:2",
+     "'method' must be a '+'-separated list without repeats (repeated: sd:2)"),
+    (fixed_length, "lengths=2+2",
+     "'lengths' must be a '+'-separated list without repeats (repeated: 2)"),
+    (fixed_length, "lengths=2+0", "'lengths' must be '+'-separated distinct integers >= 1"),
+    (fixed_budget, "budgets=0", "'budgets' must be '+'-separated distinct integers >= 1, got '0'"),
+    (fixed_budget, "budgets=6+six", "'budgets' must be '+'-separated distinct integers >= 1"),
+    (fixed_budget, "budgets=6+06", "'budgets' must be '+'-separated distinct integers >= 1"),
+    (fixed_budget, "budgets=6,shapes=6@rsd_s:3x2+6@rsd_s:2x3",
+     "'shapes' must be at most one override per budget and method (B=6 rsd_s)"),
+    (fixed_budget, "shapes=6:rsd_s", "'shapes' must be '+'-separated B@name:shape items"),
+    (fixed_budget, "budgets=6,method=sd+sd:6",
+     "'method' must run each method once per sweep point; B=6 sd:6 comes twice"),
+    (default, "temperature=inf", "'temperature' must be -1 (the paper's per-dataset setting) "
+     "or a finite number >= 0, got inf"),
+    (default, "temperature=nan", "'temperature' must be -1 (the paper's per-dataset setting) "
+     "or a finite number >= 0, got nan"),
+    (default, "temperature=-0.5", "'temperature' must be -1"),
+    (default, "top_p=0", "'top_p' must be -1 (the paper's per-dataset setting) or in (0, 1], "
+     "got 0.0"),
+    (default, "top_p=nan", "'top_p' must be -1 (the paper's per-dataset setting) or in (0, 1], "
+     "got nan"),
+    (default, "top_p=1.5", "'top_p' must be -1"),
+    (default, "chat_template=maybe",
+     "'chat_template' must be one of 'auto', 'always', 'never', got 'maybe'"),
+    (default, "dtype=float16", "'dtype' must be one of 'float32', 'bfloat16', got 'float16'"),
+    (default, "sweep=lengths", "'sweep' must be one of 'none', 'length', 'budget'"),
+    (default, "target=", "'target' must be a preset name or a model path, got ''"),
+    (fixed_budget, "calibration_shape=4x4", "'calibration_shape' must be an RSD-C branching"),
+    (fixed_budget, "auto_draft_cost=-1", "'auto_draft_cost' must be a finite number >= 0"),
+    (default, "mesh=2x1", "the data axis must be 1"),
+    (default, "mesh=lots", "'mesh' must be '' (one device) or 1xM"),
+    (default, "method=ar+nope:2", "bad method 'nope:2'"),  # then methods and shapes
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("module,arg,msg", BAD)
+def test_bad_values_name_key_and_accepted_range(module, arg, msg):
+    with pytest.raises(validate.ConfigError) as e:
+        validate.validate(module.get_config(arg))
+    assert msg in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+EARLY = ("max_new_tokens=0", "seed=99999999999999999999", "dataset=humaneval+humaneval",
+         "budgets=0", "temperature=inf", "method=ar+sd:2+sd:2")  # fmt: skip
+
+
+@pytest.mark.parametrize("module,arg,msg", [b for b in BAD if b[1] in EARLY])
+def test_bad_configs_fail_before_loading_or_writing_anything(module, arg, msg, tmp_path):
+    def never(config):
+        raise AssertionError("models must not be loaded for a bad config")
+
+    workdir = tmp_path / "new"
+    with pytest.raises(ValueError, match="bad config"):
+        runner.run(module.get_config(arg), workdir, model_source=never, log=lambda m: None)
+    assert not workdir.exists()
+
+
+def test_all_bad_keys_are_reported_together_in_one_line():
+    with pytest.raises(validate.ConfigError) as e:
+        validate.validate(default.get_config("max_new_tokens=0,seed=-1,top_p=2"))
+    text = str(e.value)
+    assert text.startswith("bad config: ") and "\n" not in text
+    assert text.count("; ") == 2 and all(k in text for k in ("max_new_tokens", "seed", "top_p"))
+
+
+@pytest.mark.parametrize(
+    "module,arg",
+    [
+        (default, ""),
+        (default, "temperature=-1,top_p=-1"),  # sentinels: the paper's per-dataset setting
+        (default, "temperature=0,top_p=1,seed=4294967295,max_prompt_tokens=2"),
+        (fixed_length, ""),
+        (fixed_budget, ""),
+        (fixed_budget, "shape=auto"),
+        (fixed_budget, "shapes=6@rsd_s:3x2+10@rsd_s:5x2"),
+        (verifiers, ""),
+    ],
+)
+def test_shipped_configs_and_sentinels_are_valid(module, arg):
+    validate.validate(module.get_config(arg))
+
+
+ARG = "method=ar+sd:2,dataset=humaneval,num_prompts=1,max_new_tokens=4"
+ARG += ",progress=false,plots=false,bootstrap=10"
+
+
+def _run(workdir, arg=ARG, **kw):
+    model_source, prompt_source = sources.toy_sources()
+    kw.setdefault("prompt_source", prompt_source)
+    logs = []
+    runner.run(default.get_config(arg), workdir, model_source=model_source, log=logs.append, **kw)
+    return logs
+
+
+@pytest.mark.parametrize("results", [None, "", "\n", '{"key": "humaneval/s0-0|ar", "tok'])
+def test_config_without_results_is_replaced_not_refused(tmp_path, results):
+    """A run that failed before its first record leaves config.json: a rerun with other
+    result-affecting settings replaces it (and drops a calibration made under it)."""
+
+    class NoPrompts(Exception):
+        pass
+
+    def failing_prompts(config, bundle):
+        raise NoPrompts
+
+    with pytest.raises(NoPrompts):  # fails after config.json is written
+        _run(tmp_path, ARG + ",seed=5", prompt_source=failing_prompts)
+    assert json.loads((tmp_path / runner.CONFIG).read_text())["config"]["seed"] == 5
+    if results is not None:
+        (tmp_path / runner.RESULTS).write_text(results)
+    (tmp_path / runner.CALIBRATION).write_text("{}")
+    logs = _run(tmp_path)  # seed 5 -> 0, max_new_tokens unchanged: not refused
+    assert json.loads((tmp_path / runner.CONFIG).read_text())["config"]["seed"] == 0
+    assert any("replaced: no results were made under it (seed: 5 -> 0)" in m for m in logs)
+    assert not (tmp_path / runner.CALIBRATION).exists()
+    assert len(runner.load_records(tmp_path / runner.RESULTS)) == 2
+    with pytest.raises(runner.IncompatibleWorkdirError, match="seed: 0 -> 5"):
+        _run(tmp_path, ARG + ",seed=5")  # now it holds results: refused as before
