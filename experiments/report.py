@@ -106,7 +106,11 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
     entries = {}
     for spec in specs:
         recs = [records.get(f"{k}|{spec.text}") for k in keys]
-        paired = [(x, ar[k]) for x, k in zip(recs, keys, strict=True) if x and ar[k]]
+        paired = [
+            (x, ar[k])
+            for x, k in zip(recs, keys, strict=True)
+            if x and ar[k] and x.get("invocation") == ar[k].get("invocation")
+        ]  # same prompt, same invocation: a ratio never mixes two runs' machine loads
         recs = [x for x in recs if x]
         if not recs:
             continue
