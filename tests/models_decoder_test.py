@@ -244,6 +244,11 @@ def test_make_forward_matches_jitted_forward_and_bfloat16_runs():
     assert out16.dtype == jnp.float32 and cache16.k.dtype == jnp.bfloat16
     # bfloat16 has an 8-bit mantissa (~4e-3 relative); logits of size ~1 stay within 0.1.
     chex.assert_trees_all_close(out16, ref, atol=0.1)
+    # The head accumulates in float32 and keeps its float32 result: logits are not
+    # bfloat16 values widened (most would be unchanged by a round trip through bfloat16).
+    logits = np.asarray(out16)
+    widened = np.asarray(jnp.asarray(logits).astype(jnp.bfloat16).astype(jnp.float32))
+    assert np.mean(logits != widened) > 0.9
 
 
 def test_decode_steps_do_not_recompile():
