@@ -25,7 +25,7 @@ import time
 import jax
 from absl import app, flags
 
-from experiments import round_timing
+from experiments import round_timing, sources
 from rsd_jax import decode, methods, transforms
 from rsd_jax import generate as gen
 
@@ -37,8 +37,8 @@ _METHODS = flags.DEFINE_string(
 _DRAFT_VOCAB = flags.DEFINE_string(
     "draft_vocab",
     "0",
-    "'+'-separated draft head sizes to compare (0 = the full vocabulary; N = the N lowest "
-    "ids plus special tokens, see models.draft_vocab).",
+    "'+'-separated draft head sizes to compare (0 = the full vocabulary; N = the N "
+    "most frequent ids of experiments.datasets.vocabulary_corpus plus special tokens).",
 )
 _MAX_NEW = flags.DEFINE_integer("max_new", 48, "Tokens generated per prompt.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
@@ -75,7 +75,13 @@ def main(argv):
     target = adapter.to_rsd_model(t_loaded)
     drafts = {}
     for size in (int(v) for v in _DRAFT_VOCAB.value.split("+")):
-        loaded = d_loaded if size == 0 else draft_vocab.restrict_head(d_loaded, size)
+        if size == 0:
+            loaded = d_loaded
+        else:
+            ids = sources.draft_vocab_ids(
+                d_loaded.tokenizer, d_loaded.config.valid_vocab_size, size
+            )
+            loaded = draft_vocab.restrict_head(d_loaded, ids)
         drafts[size] = adapter.to_rsd_model(loaded)
     tok = t_loaded.tokenizer
     prompts = [tok.encode(p) for p in PROMPTS]

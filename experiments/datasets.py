@@ -238,6 +238,29 @@ def sharegpt_first_turns(records: Iterable[dict]) -> list[dict]:
     return out
 
 
+def sharegpt_later_turns(records: Iterable[dict], max_chars: int) -> list[str]:
+    """Turns after the first exchange of each conversation (human and gpt), in file order,
+    until ``max_chars`` characters: text that no prompt or reference of the datasets uses
+    (those come from the first human turn and its reply)."""
+    out, total = [], 0
+    for rec in records:
+        for turn in (rec.get("conversations") or [])[2:]:
+            text = (turn.get("value") or "").strip()
+            if text and total < max_chars:
+                out.append(text)
+                total += len(text)
+        if total >= max_chars:
+            break
+    return out
+
+
+def vocabulary_corpus(max_chars: int = 16_000_000) -> list[str]:
+    """Chat and code text disjoint from every evaluated prompt, for counting token ids
+    (the draft vocabulary of ``draft_vocab=N``): later ShareGPT turns."""
+    text = locate("sharegpt").read_text(encoding="utf-8", errors="replace")
+    return sharegpt_later_turns(iter_json_array(text), max_chars)
+
+
 def sharegpt_slice(turns: Sequence[dict], name: str) -> list[dict]:
     """``chat``: all first turns; ``summarise``/``translate``: those containing the stem."""
     if name == "chat":

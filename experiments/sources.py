@@ -87,6 +87,30 @@ def per_dataset_counts(config) -> dict[str, int]:
     return {name: base + (i < extra) for i, name in enumerate(names)}
 
 
+def draft_vocab_ids(tokenizer, vocab_size: int, keep: int) -> np.ndarray:
+    """The ``keep`` ids most frequent in :func:`experiments.datasets.vocabulary_corpus`.
+
+    Counts are computed once per tokenizer and cached next to the datasets
+    (``draft_vocab/<tokenizer fingerprint>.npy``).
+    """
+    from models import draft_vocab
+
+    if tokenizer is None:
+        raise ValueError("draft_vocab needs the draft's tokenizer to count token ids")
+    path = datasets.cache_dir() / "draft_vocab" / f"{tokenizer.fingerprint()[:16]}.npy"
+    if path.is_file():
+        counts = np.load(path)
+    else:
+        counts = draft_vocab.count_ids(tokenizer, datasets.vocabulary_corpus(), vocab_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, counts)
+        tmp.replace(path)
+    if len(counts) != vocab_size:
+        raise ValueError(f"{path} counts {len(counts)} ids, the draft has {vocab_size}")
+    return draft_vocab.frequent_ids(counts, keep)
+
+
 def real_models(config) -> Bundle:
     """Loads ``config.draft`` and ``config.target`` (presets or local paths), checks
     that they share a tokenizer, and restricts the draft's head to ``config.draft_vocab``
@@ -98,7 +122,8 @@ def real_models(config) -> Bundle:
     draft = loading.load_model(config.draft, **kw)
     loading.check_compatible(draft, target)
     if config.draft_vocab:
-        draft = draft_vocab.restrict_head(draft, config.draft_vocab)
+        ids = draft_vocab_ids(draft.tokenizer, draft.config.valid_vocab_size, config.draft_vocab)
+        draft = draft_vocab.restrict_head(draft, ids)
     tok = target.tokenizer
     eos = tok.eos_id if tok is not None else target.config.eos_id
     tp, dp = count_params(target.params), count_params(draft.params)

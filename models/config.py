@@ -47,11 +47,10 @@ class ModelConfig:
       bos_id, eos_id, pad_id: special token ids (-1 when unknown).
       max_positions: trained context length (informational).
       name: human-readable name.
-      head_vocab: 0 scores every id; N > 0 restricts the output head to the ids below N
-        plus `head_extra` (see `models.draft_vocab`): every other id gets logit -1e30.
-        For drafts only: any draft law keeps speculative decoding lossless, and the head
-        of a small model with a large vocabulary is a large share of its weights.
-      head_extra: ids scored besides those below `head_vocab` (special tokens such as EOS).
+      head_vocab: 0 scores every id; N > 0 restricts the output head to N ids held in the
+        params (see `models.draft_vocab`): every other id gets logit -1e30. For drafts
+        only: any draft law keeps speculative decoding lossless, and the head of a small
+        model with a large vocabulary is a large share of its weights.
     """
 
     arch: str
@@ -76,7 +75,6 @@ class ModelConfig:
     max_positions: int = 0
     name: str = ""
     head_vocab: int = 0
-    head_extra: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -95,8 +93,6 @@ class ModelConfig:
             raise ValueError(
                 f"head_vocab={self.head_vocab} not in [0, valid_vocab_size={self.valid_vocab_size}]"
             )
-        if not all(0 <= i < self.valid_vocab_size for i in self.head_extra):
-            raise ValueError(f"head_extra ids must lie in [0, {self.valid_vocab_size})")
         if not 0 < self.valid_vocab_size <= self.vocab_size:
             raise ValueError(
                 f"valid_vocab_size={self.valid_vocab_size} not in (0, {self.vocab_size}]"
@@ -115,10 +111,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
-        fields = json.loads(text)
-        if "head_extra" in fields:
-            fields["head_extra"] = tuple(fields["head_extra"])
-        return cls(**fields)
+        return cls(**json.loads(text))
 
 
 def from_gguf_metadata(

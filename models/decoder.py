@@ -251,9 +251,9 @@ class Decoder(nn.Module):
         x = RMSNorm(c.rms_eps, dt, name="final_norm")(x)
         # The head accumulates and returns float32 whatever the model dtype: acceptance
         # ratios q/p amplify the error of 8-bit-mantissa (bfloat16) logits.
-        ids = head_ids(c)
-        if ids is not None:
-            compact = Head(len(ids), dt, name=HEAD)(x)  # [B, T, V']
+        if c.head_vocab:  # a draft scoring only the ids in its params (models.draft_vocab)
+            compact = Head(c.head_vocab, dt, name=HEAD)(x)  # [B, T, V']
+            ids = self.param(f"{HEAD}_ids", nn.initializers.zeros, (c.head_vocab,), jnp.int32)
             full = jnp.full(x.shape[:2] + (c.vocab_size,), MASK_VALUE, jnp.float32)
             return full.at[:, :, ids].set(compact), KVCache(k_all, v_all, cache.index + t)
         if c.tied_embeddings:
@@ -266,16 +266,9 @@ class Decoder(nn.Module):
         return logits, KVCache(k_all, v_all, cache.index + t)
 
 
-# The restricted output head of a draft (`ModelConfig.head_vocab`): kernel [D, V'].
+# The restricted output head of a draft (`ModelConfig.head_vocab`): params `draft_head/kernel`
+# [D, V'] and `draft_head_ids` [V'] int32, the id each column scores.
 HEAD = "draft_head"
-
-
-def head_ids(config: ModelConfig) -> np.ndarray | None:
-    """The ids a restricted head scores, ascending (`None`: the head scores every id)."""
-    if not config.head_vocab:
-        return None
-    extra = {i for i in config.head_extra if i >= config.head_vocab}
-    return np.array(list(range(config.head_vocab)) + sorted(extra), np.int32)
 
 
 def _dot_f32(x, w, spec):

@@ -7,48 +7,71 @@ produces them (through rejection and residual sampling) with exactly its own pro
 Only acceptance changes, by the target mass that falls outside the kept ids.
 
 The head of a small model with a large vocabulary is a large share of its weights (Qwen2.5
-0.5B: 151,936 x 896 = 136M of 494M parameters, read on every draft call). Byte-level BPE
-assigns ids in merge order, and merges are learned most-frequent first, so the lowest ids are
-the most frequent pieces of the tokenizer's training text: keeping the ids below N (plus the
-special tokens, EOS above all) keeps most of the mass at a fraction of the head.
+0.5B: 151,936 x 896 = 136M of 494M parameters, read on every draft call). Keeping the ids
+that are most frequent in text like the prompts (`frequent_ids`, counted on a corpus the
+caller supplies) keeps most of the target's mass at a fraction of the head's cost.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import jax.numpy as jnp
+import numpy as np
 
 from models import decoder
 from models.loading import LoadedModel
 
 
-def restrict_head(model: LoadedModel, keep: int) -> LoadedModel:
-    """The same model scoring only ids `< keep` plus its special ids (see the module doc).
+def count_ids(tokenizer, texts: Iterable[str], vocab_size: int) -> np.ndarray:
+    """``[vocab_size]`` int64 counts of every id in the tokenized ``texts``."""
+    counts = np.zeros(vocab_size, np.int64)
+    for text in texts:
+        ids = np.asarray(tokenizer.encode(text), np.int64)
+        counts += np.bincount(ids[ids < vocab_size], minlength=vocab_size)
+    return counts
+
+
+def frequent_ids(counts: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` most counted ids, ascending (ties broken towards lower ids)."""
+    if not 0 < keep <= len(counts):
+        raise ValueError(f"draft vocabulary {keep} not in [1, {len(counts)}]")
+    order = np.lexsort((np.arange(len(counts)), -counts))  # by count desc, then id asc
+    return np.sort(order[:keep]).astype(np.int32)
+
+
+def restrict_head(model: LoadedModel, ids: Sequence[int]) -> LoadedModel:
+    """The same model scoring only ``ids`` plus its special ids (see the module doc).
 
     Args:
       model: a loaded model (params unstacked or stacked: only top-level params change).
-      keep: number of lowest ids to keep, in `[1, valid_vocab_size]`; the special ids of
-        the tokenizer and of the config (BOS, EOS, padding) are always kept.
+      ids: ids to keep, in ``[0, valid_vocab_size)``; the special ids of the tokenizer and
+        of the config (BOS, EOS, padding) are always kept.
 
     Returns:
-      A LoadedModel whose config has `head_vocab=keep` and whose params replace the output
-      head (or, for tied embeddings, add one next to the embedding) by `draft_head/kernel`
-      `[D, V']`, the kept columns. Its forward still returns `[B, T, V]` logits.
+      A LoadedModel whose config has ``head_vocab`` = the number of kept ids and whose
+      params replace the output head (or, for tied embeddings, add one next to the
+      embedding) by ``draft_head/kernel`` ``[D, V']`` (the kept columns) and
+      ``draft_head_ids`` ``[V']``. Its forward still returns ``[B, T, V]`` logits.
     """
     c = model.config
     if c.head_vocab:
-        raise ValueError(f"{c.name} already has a restricted head (head_vocab={c.head_vocab})")
-    if not 0 < keep <= c.valid_vocab_size:
-        raise ValueError(f"draft vocabulary {keep} not in [1, {c.valid_vocab_size}]")
+        raise ValueError(f"{c.name} already has a restricted head ({c.head_vocab} ids)")
+    kept = {int(i) for i in ids}
+    if not kept or min(kept) < 0 or max(kept) >= c.valid_vocab_size:
+        raise ValueError(
+            f"draft vocabulary ids must be a non-empty set in [0, {c.valid_vocab_size})"
+        )
     specials = {c.bos_id, c.eos_id, c.pad_id}
     if model.tokenizer is not None:
         specials |= set(model.tokenizer.special_ids)
-    extra = tuple(sorted(i for i in specials if keep <= i < c.valid_vocab_size))
-    config = c.replace(head_vocab=keep, head_extra=extra)
-    ids = jnp.asarray(decoder.head_ids(config))
+    kept |= {i for i in specials if 0 <= i < c.valid_vocab_size}
+    order = jnp.asarray(sorted(kept), jnp.int32)
     params = dict(model.params)
     if c.tied_embeddings:
-        kernel = params["embed"]["embedding"][ids].T  # [D, V']
+        kernel = params["embed"]["embedding"][order].T  # [D, V']
     else:
-        kernel = params.pop("lm_head")["kernel"][:, ids]
+        kernel = params.pop("lm_head")["kernel"][:, order]
     params[decoder.HEAD] = {"kernel": jnp.asarray(kernel)}
-    return model._replace(config=config, params=params)
+    params[f"{decoder.HEAD}_ids"] = order
+    return model._replace(config=c.replace(head_vocab=len(kept)), params=params)

@@ -70,6 +70,7 @@ def rules(config: ModelConfig, model: int, vocab_parallel: bool = True) -> list[
         (r"embed/embedding$", P(vocab, None)),  # [V, D]
         (r"lm_head/kernel$", P(None, vocab)),  # [D, V]
         (rf"{decoder.HEAD}/kernel$", P()),  # [D, V'] restricted draft head: small, whole
+        (rf"{decoder.HEAD}_ids$", P()),  # [V'] the ids it scores
         (r"norm/scale$", P()),
     ]
 
