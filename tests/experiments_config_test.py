@@ -102,7 +102,7 @@ def test_scan_layers_reaches_the_loaders(tmp_path, monkeypatch, scan):
         testing.write_tiny_gguf(tmp_path / f"{n}.gguf", config, decoder.init_params(config, k))
         for n, k in (("t", jax.random.key(0)), ("d", jax.random.key(1)))
     ]
-    arg = f"target={paths[0]},draft={paths[1]},scan_layers={str(scan).lower()}"
+    arg = f"target={paths[0]},draft={paths[1]},draft_vocab=0,scan_layers={str(scan).lower()}"
     bundle = sources.real_models(default.get_config(arg))
     for model in (bundle.target, bundle.draft):
         assert (decoder.LAYERS in model.params) == scan
