@@ -71,7 +71,7 @@ from rsd_jax import transforms
 _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or local path.")
 _DRAFT = flags.DEFINE_string("draft", "qwen2.5-coder-0.5b", "Draft preset or local path.")
 _METHODS = flags.DEFINE_string(
-    "methods", "sd:4+rsd_s:2x3+rsd_c:2-1-1", "'+'-separated methods of ours (AR is added)."
+    "methods", "sd:4+sd:5+rsd_s:2x3+rsd_c:2-1-1", "'+'-separated methods of ours (AR is added)."
 )
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "HumanEval prompts.")
 _SEED = flags.DEFINE_integer("seed", 0, "Prompt selection seed; sampling seeds derive from it.")
@@ -80,6 +80,12 @@ _MAX_NEW = flags.DEFINE_integer("max_new", 48, "Token budget per prompt.")
 _TEMPERATURES = flags.DEFINE_string("temperatures", "0+1", "'+'-separated temperatures.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Interleaved timed passes (best kept).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
+_DRAFT_VOCAB = flags.DEFINE_integer(
+    "draft_vocab",
+    32768,
+    "Our draft's head: its N most frequent ids (0 = full; see "
+    "models.draft_vocab). transformers' assistant always scores the full vocabulary.",
+)
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", None, "torch.set_num_threads (default: os.cpu_count())."
 )
@@ -404,6 +410,7 @@ def bench(
     max_prompt_tokens: int = 512,
     prompts: Sequence[Sequence[int]] | None = None,
     torch_threads: int | None = None,
+    draft_vocab: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Loads both sides, times every system, returns the JSON payload (``summaries``:
@@ -415,7 +422,9 @@ def bench(
     import torch
     import transformers
 
+    from experiments import sources
     from models import adapter, loading
+    from models import draft_vocab as draft_vocab_lib
 
     transformers.logging.set_verbosity_error()
     threads = torch_threads or os.cpu_count() or 1
@@ -428,6 +437,11 @@ def bench(
     t_loaded = loading.load_model(target_name)
     d_loaded = t_loaded if draft_name == target_name else loading.load_model(draft_name)
     loading.check_compatible(d_loaded, t_loaded)
+    if draft_vocab:  # ours only: transformers' assistant keeps its full head
+        ids = sources.draft_vocab_ids(
+            d_loaded.tokenizer, d_loaded.config.valid_vocab_size, draft_vocab
+        )
+        d_loaded = draft_vocab_lib.restrict_head(d_loaded, ids)
     target, draft = adapter.to_rsd_model(t_loaded), adapter.to_rsd_model(d_loaded)
     tok = t_loaded.tokenizer
     eos = tok.eos_id if tok is not None and tok.eos_id >= 0 else t_loaded.config.eos_id
@@ -495,6 +509,7 @@ def main(argv):
         seed=_SEED.value,
         max_prompt_tokens=_MAX_PROMPT_TOKENS.value,
         torch_threads=_TORCH_THREADS.value,
+        draft_vocab=_DRAFT_VOCAB.value,
         log=lambda text: print(text, flush=True),
     )
     for summary in result["summaries"]:

@@ -17,7 +17,9 @@ fixed_length,fixed_budget}.py``. In ``--workdir``:
 
 Timing: before a method's first timed prompt its programs are compiled by a warm-up
 (prefill + a decoding loop that runs no round), so compile time is not measured. Each
-record's ``seconds`` is wall-clock from prefill to the last round, inclusive. Work runs
+record's ``seconds`` is wall-clock from prefill to the last round, inclusive (split into
+``prefill_seconds`` and ``decode_seconds``; ``round_seconds`` is decode time per target
+call; ``python -m experiments.bench_decode`` breaks a round into its phases). Work runs
 prompt by prompt, all methods of a prompt in turn, so a slow phase of a shared machine
 lands on every method rather than on whichever method happened to run then.
 Randomness: the key of a prompt is ``fold_in(PRNGKey(seed), crc32(prompt key))`` for every
@@ -69,7 +71,7 @@ COMPAT_KEYS = (
 AR = "ar"  # the method text of plain decoding, the reference of every speed ratio
 # Keys added after workdirs existed, with the value that reproduces what those workdirs hold.
 ADDED_KEYS = {"draft_vocab": 0}
-TIMING_FIELDS = ("seconds", "prefill_seconds", "decode_seconds")
+TIMING_FIELDS = ("seconds", "prefill_seconds", "decode_seconds", "round_seconds")
 
 
 LOCK = ".lock"
@@ -306,6 +308,7 @@ class _Generator:
             prompt_tokens=len(prompt.ids),
             prefill_seconds=mid - start,
             decode_seconds=end - mid,
+            round_seconds=(end - mid) / max(int(c.target_calls), 1),
             seconds=end - start,
         )
 
