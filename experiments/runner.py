@@ -281,6 +281,7 @@ class _Generator:
         state = gen.run(
             self.engine, state, self.bundle.target.params, self.draft_params, self.layout
         )
+        gen.check_finished(state)
         state = jax.block_until_ready(state)
         end = time.perf_counter()
         tokens = gen.generated_tokens(state, self.bundle.eos_id)[0]

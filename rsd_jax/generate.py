@@ -284,17 +284,36 @@ def _loop_fn(engine: decode.Engine, layout: sharding.Layout | None = None):
     step = engine.step if layout is None else layout.wrap(engine.step)
 
     def loop(state, target_params, draft_params):
-        return jax.lax.while_loop(
-            lambda s: ~jnp.all(s.done),
-            lambda s: step(s, target_params, draft_params),
-            state,
-        )
+        return jax.lax.while_loop(unfinished, lambda s: step(s, target_params, draft_params), state)
 
     return jax.jit(loop, donate_argnums=(0,))
 
 
+def unfinished(state: decode.DecodeState) -> Array:
+    """Whether a row is still to be stepped: not done and with rounds left.
+
+    Every round emits at least one token per active row, so a row needs at most
+    ``max_new`` rounds; the bound only matters if a round ever emitted nothing (a bug),
+    which would otherwise loop forever. :func:`check_finished` reports such rows.
+    """
+    return jnp.any(~state.done & (state.round < state.max_new))
+
+
+def check_finished(state: decode.DecodeState) -> None:
+    """Raises RuntimeError naming every row that ran out of rounds before finishing."""
+    stuck = np.flatnonzero(~np.asarray(state.done))
+    if stuck.size:
+        rounds, gen = np.asarray(state.round), np.asarray(state.counters.generated)
+        rows = ", ".join(f"row {b}: {gen[b]} tokens in {rounds[b]} rounds" for b in stuck)
+        raise RuntimeError(
+            f"decoding stopped without finishing ({rows}): a round emitted nothing, which "
+            "a correct engine never does; please report it"
+        )
+
+
 def run(engine, state, target_params, draft_params, layout=None) -> decode.DecodeState:
-    """Runs rounds in one compiled ``lax.while_loop`` until every row is done (state donated)."""
+    """Runs rounds in one compiled ``lax.while_loop`` until every row is done or out of
+    rounds (see :func:`unfinished`; state donated)."""
     return _loop_fn(engine, layout)(state, target_params, draft_params)
 
 
@@ -303,7 +322,7 @@ def iterate(
 ) -> Iterator[decode.DecodeState]:
     """Yields the state after each round until every row is done (state donated)."""
     step = jitted_step(engine, layout)
-    while not bool(jnp.all(state.done)):
+    while bool(unfinished(state)):
         state = step(state, target_params, draft_params)
         yield state
 
@@ -402,6 +421,7 @@ def generate(
     else:
         for new_state in iterate(engine, state, target.params, draft_params, layout):
             state = new_state
+    check_finished(state)
     host = state  # what is read back: whole on every host where the batch is split
     if layout is not None:
         fields = ("tokens", "prompt_len", "max_new", "counters")

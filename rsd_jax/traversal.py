@@ -76,8 +76,8 @@ class TraversalPlan(NamedTuple):
 
 def _child_weight(alpha_parent: Array, r_x: Array, d_x: Array) -> Array:
     """``min(1, alpha(u) r_u(x) / d_u(x))``: the ratio is *not* capped before the product."""
-    safe = jnp.where(d_x > 0, d_x, 1.0)  # d_x > 0 for a drawn id; guarded anyway
-    return jnp.where(d_x > 0, jnp.minimum(1.0, alpha_parent * r_x / safe), 1.0)
+    safe = jnp.where(d_x > 0, d_x, 1.0)  # d_x > 0 for a drawn id; fail closed otherwise
+    return jnp.where(d_x > 0, jnp.minimum(1.0, alpha_parent * r_x / safe), 0.0)
 
 
 def _remove(law: Array, token: Array) -> Array:

@@ -53,8 +53,14 @@ def normalize(f: Array, fallback: Array) -> Array:
 
 
 def _ratio_accept(r_x: Array, p_x: Array) -> Array:
-    """``min(1, r_x / p_x)`` with ``p_x == 0`` mapped to 1 (cannot occur for drawn ids)."""
-    return jnp.where(p_x > 0, jnp.minimum(1.0, r_x / jnp.where(p_x > 0, p_x, 1.0)), 1.0)
+    """``min(1, r_x / p_x)``; a child whose recorded draft probability is 0 is rejected.
+
+    A correct engine never drafts such a child (it was drawn from ``p``). If the law a
+    token was drawn from and the law recorded for it ever disagreed, accepting would emit
+    tokens the target may give probability 0; rejecting leaves the emitted token to the
+    residual, which only holds target mass (fail closed).
+    """
+    return jnp.where(p_x > 0, jnp.minimum(1.0, r_x / jnp.where(p_x > 0, p_x, 1.0)), 0.0)
 
 
 def _recursive_plan(q: Array, proposal_laws: Array, tokens: Array, valid: Array) -> NodePlan:

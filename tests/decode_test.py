@@ -207,3 +207,23 @@ def test_identical_draft_is_always_fully_accepted(method):
     hist = out.counters.accepted_hist
     np.testing.assert_array_equal(hist[:, :-1], 0)
     assert np.all(hist[:, -1] > 0)
+
+
+class _SilentEngine(decode.Engine):
+    """A broken engine whose rounds emit nothing (commit only counts the round)."""
+
+    def commit(self, state, res, target_cache, draft_cache):
+        return state._replace(round=state.round + 1)
+
+
+@pytest.mark.parametrize("driver", ["while", "python"])
+def test_rounds_that_emit_nothing_stop_at_the_budget_and_are_reported(driver, monkeypatch):
+    """The drivers are bounded by the rounds a budget can need (one token per round at
+    least), so a round emitting nothing cannot loop forever; the rows are named."""
+    target, draft, _ = _models()
+    monkeypatch.setattr(decode, "Engine", _SilentEngine)
+    with pytest.raises(RuntimeError, match=r"row 0: 0 tokens in 5 rounds.*row 1"):
+        gen.generate(
+            target, draft, [[1, 2, 3], [0, 3]], "sd:2", key=jax.random.PRNGKey(0),
+            max_new_tokens=5, driver=driver,
+        )  # fmt: skip

@@ -194,3 +194,17 @@ def test_sampled_emission_law_is_q(name, k):
 def test_sampled_negative_controls_are_rejected(bad):
     counts = _node_emission_counts(bad, Q_ANCHOR, P_ANCHOR, 2, 100_000, 7)
     assert lawcheck.chi2_pvalue(counts, Q_ANCHOR) < lawcheck.ALPHA
+
+
+@pytest.mark.parametrize("name", ["sd", "mrs", "rrs"])
+def test_child_with_zero_recorded_draft_probability_is_rejected(name):
+    """Fail closed: if a drafted id's recorded draft probability is 0 (an engine bug: the
+    law it was drawn from differs from the one recorded), it is never accepted, so an id
+    the target gives probability 0 cannot come out."""
+    q = jnp.array([0.5, 0.5, 0.0, 0.0])
+    p = jnp.array([0.7, 0.3, 0.0, 0.0])
+    tokens = jnp.array([2, 0]) if name != "sd" else jnp.array([2])
+    valid = jnp.ones(tokens.shape, bool)
+    plan = verify.get_verifier(name).plan(q, p, tokens, valid)
+    assert float(plan.accept_prob[0]) == 0.0
+    assert float(plan.residual[2]) == 0.0
