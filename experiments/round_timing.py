@@ -107,9 +107,9 @@ def round_breakdown(
     out = {"step": median_seconds(step, state, tp, dp, repeats=repeats)}
 
     draft_phase = jax.jit(engine.draft)
-    tree, draft_probs, draft_cache = draft_phase(state, dp, k_draft)
+    tree, draft_probs, draft_cache, _ = draft_phase(state, dp, k_draft)
     score = jax.jit(engine.score_tree)
-    target_probs, target_cache = score(state, tree, tp)
+    target_probs, target_cache, _ = score(state, tree, tp)
     verify = jax.jit(engine.verify)
     res = verify(k_verify, tree, target_probs, draft_probs)
     commit = jax.jit(engine.commit)

@@ -306,6 +306,7 @@ class _Generator:
             draft_calls=int(c.draft_calls),
             accepted_hist=[int(x) for x in c.accepted_hist],
             nodes_scored=int(c.nodes_scored),
+            nonfinite_draft_rounds=int(c.nonfinite_draft),
             prompt_tokens=len(prompt.ids),
             prefill_seconds=mid - start,
             decode_seconds=end - mid,
@@ -545,6 +546,12 @@ def _run_locked(
                 on_record(rec)
     finally:
         bar.close()
+    nonfinite = sorted(k for k, r in records.items() if r.get("nonfinite_draft_rounds"))
+    if nonfinite:
+        log(
+            f"warning: the draft's logits were NaN or infinite in some rounds of {len(nonfinite)}"
+            f" records (e.g. {nonfinite[0]}); outputs stay exact but acceptance drops there"
+        )
     summary = report.summarize(config, specs, prompts, records, bundle)
     summary["wall_seconds_this_invocation"] = time.perf_counter() - start
     (workdir / SUMMARY).write_text(strict_json.dumps(summary, indent=2))

@@ -49,6 +49,10 @@ class Counters(NamedTuple):
       generated: tokens emitted (may exceed ``max_new_tokens`` by up to ``L``).
       accepted_hist: rounds by number of accepted draft tokens ``0..L``.
       nodes_scored: draft nodes the target scored (budget ``B`` per round).
+      nonfinite_target: rounds whose target logits held a NaN or an infinity; such a round
+        emits nothing and stops its row (the drivers then raise, naming it).
+      nonfinite_draft: rounds whose draft logits held a NaN or an infinity (still exact:
+        any draft law is, but acceptance suffers; reports warn).
       probes: :class:`rsd_jax.probes.RoundProbes` summed over rounds (zeros
         unless the engine was built with ``probes=True``).
     """
@@ -58,6 +62,8 @@ class Counters(NamedTuple):
     generated: Array
     accepted_hist: Array
     nodes_scored: Array
+    nonfinite_target: Array
+    nonfinite_draft: Array
     probes: probe_lib.RoundProbes
 
 
@@ -141,10 +147,11 @@ class Engine:
     def score(self, state, apply, params, cache, tokens, positions, mask, start):
         """Scores ``tokens`` ``[B, T]`` written from cache slot ``start`` ``[B]`` with ``mask``.
 
-        The unit every model call of a round is made of. Returns ``(probs [B, T, V], cache)``.
+        The unit every model call of a round is made of. Returns ``(probs [B, T, V], cache,
+        finite [B])``, ``finite`` saying whether a row's logits were all finite.
         """
         logits, cache = apply(params, tokens, positions, mask, kv_cache.set_index(cache, start))
-        return self.probs(state, logits), cache
+        return self.probs(state, logits), cache, _finite_rows(logits)
 
     def draft(self, state: DecodeState, draft_params, keys: Array):
         """Phase 1: every row's draft tree and the draft law at its internal nodes.
@@ -154,14 +161,16 @@ class Engine:
         ``l >= 1`` scores that level's nodes with tree attention on the draft cache.
 
         Returns:
-          ``(tree, draft_probs [B, N+1, V], draft_cache)``.
+          ``(tree, draft_probs [B, N+1, V], draft_cache, finite [B])``, ``finite`` saying
+          whether every draft logit of a row was finite.
         """
         spec = self.method.spec
         rows, n = jnp.arange(state.length.shape[0]), state.length
         root = state.tokens[rows, n]
         cap = kv_cache.capacity(state.draft_cache) if spec.depth > 0 else 0
 
-        def level_fn(tree, level, cache):
+        def level_fn(tree, level, carry):
+            cache, finite = carry
             if level == 0:
                 start = n - 1
                 toks = jnp.stack([state.tokens[rows, start], root], axis=1)
@@ -170,26 +179,29 @@ class Engine:
                 logits, cache = self.draft_apply(
                     draft_params, toks, pos, mask, kv_cache.set_index(cache, start)
                 )
-                return self.probs(state, logits[:, 1:2]), cache
+                return self.probs(state, logits[:, 1:2]), (cache, _finite_rows(logits))
             sl = spec.level_slice(level)
             anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, spec.depth)
             pos = jnp.broadcast_to((n + level)[:, None], (rows.shape[0], sl.stop - sl.start))
             mask = kv_cache.prefix_tree_mask(n, anc[:, sl], cap)
-            return self.score(
+            probs, cache, ok = self.score(
                 state, self.draft_apply, draft_params, cache, tree.tokens[:, sl], pos, mask,
                 n + sl.start,
             )  # fmt: skip
+            return probs, (cache, finite & ok)
 
-        tree, draft_probs, cache = drafting.draft_batch(
-            keys, spec, root, level_fn, state.draft_cache, self.sbs_truncate
+        finite = jnp.ones(rows.shape, jnp.bool_)
+        tree, draft_probs, (cache, finite) = drafting.draft_batch(
+            keys, spec, root, level_fn, (state.draft_cache, finite), self.sbs_truncate
         )
         if draft_probs is None:  # AR: no draft levels
             draft_probs = jnp.zeros((rows.shape[0], spec.num_nodes + 1, self.vocab_size))
-        return tree, draft_probs, cache
+        return tree, draft_probs, cache, finite
 
     def score_tree(self, state: DecodeState, tree, target_params):
         """Phase 2: one target call over root + all nodes (ancestor mask, depth positions),
-        written at slots ``n .. n+N``. Returns ``(target_probs [B, N+1, V], target_cache)``."""
+        written at slots ``n .. n+N``. Returns ``(target_probs [B, N+1, V], target_cache,
+        finite [B])``."""
         n = state.length
         cap = kv_cache.capacity(state.target_cache)
         anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, self.method.spec.depth)
@@ -213,14 +225,23 @@ class Engine:
             keys, tree, target_probs, draft_probs
         )
 
-    def commit(self, state: DecodeState, res, target_cache, draft_cache) -> DecodeState:
+    def commit(
+        self, state: DecodeState, res, target_cache, draft_cache, target_ok=None, draft_ok=None
+    ) -> DecodeState:
         """Phase 4: moves the accepted nodes' KV to slots ``n+1 ..`` in both caches, appends
-        the emitted tokens, and counts the round (finished rows change nothing)."""
+        the emitted tokens, and counts the round (finished rows change nothing).
+
+        A row whose target logits were not all finite (``target_ok`` False) emits nothing,
+        is stopped and counted in ``nonfinite_target``: its law is undefined, so no token
+        may come out of it. ``draft_ok`` False is only counted.
+        """
         spec = self.method.spec
         rows, n = jnp.arange(state.length.shape[0]), state.length
         active = ~state.done
-        accepted = jnp.where(active, res.num_accepted, 0)
-        emitted = jnp.where(active, res.num_emitted, 0)
+        ok = active if target_ok is None else active & target_ok
+        broken = active & ~ok
+        accepted = jnp.where(ok, res.num_accepted, 0)
+        emitted = jnp.where(ok, res.num_emitted, 0)
         src = n[:, None] + jnp.maximum(res.path, 0)
         target_cache = kv_cache.commit_path(target_cache, src, n + 1, accepted)
         if spec.depth > 0:
@@ -240,8 +261,12 @@ class Engine:
             generated=generated,
             accepted_hist=c.accepted_hist.at[rows, accepted].add(one),
             nodes_scored=c.nodes_scored + one * spec.num_nodes,
+            nonfinite_target=c.nonfinite_target + broken.astype(jnp.int32),
+            nonfinite_draft=c.nonfinite_draft
+            + (0 if draft_ok is None else (active & ~draft_ok).astype(jnp.int32)),
         )
-        done = state.done | (active & (res.hit_eos | (generated >= state.max_new)))
+        finished = ok & (res.hit_eos | (generated >= state.max_new))
+        done = state.done | finished | broken
         return state._replace(
             tokens=tokens,
             length=n + emitted,
@@ -273,9 +298,14 @@ class Engine:
         """
         round_keys = jax.vmap(jax.random.fold_in)(state.key, state.round)
         k_draft, k_verify = jnp.moveaxis(jax.vmap(jax.random.split)(round_keys), 1, 0)
-        tree, draft_probs, draft_cache = self.draft(state, draft_params, k_draft)
-        target_probs, target_cache = self.score_tree(state, tree, target_params)
+        tree, draft_probs, draft_cache, draft_ok = self.draft(state, draft_params, k_draft)
+        target_probs, target_cache, target_ok = self.score_tree(state, tree, target_params)
         res = self.verify(k_verify, tree, target_probs, draft_probs)
         if self.probes and self.method.spec.depth > 0:
             state = self.add_probes(state, tree, target_probs, draft_probs, res)
-        return self.commit(state, res, target_cache, draft_cache)
+        return self.commit(state, res, target_cache, draft_cache, target_ok, draft_ok)
+
+
+def _finite_rows(logits: Array) -> Array:
+    """``[B]``: whether every logit of a row (``[B, T, V]``) is finite."""
+    return jnp.all(jnp.isfinite(logits), axis=(1, 2))

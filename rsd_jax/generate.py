@@ -223,6 +223,8 @@ def init_state(
             generated=zeros(),
             accepted_hist=jnp.zeros((batch, engine.method.spec.depth + 1), jnp.int32),
             nodes_scored=zeros(),
+            nonfinite_target=zeros(),
+            nonfinite_draft=zeros(),
             probes=probe_lib.zeros(engine.method.spec, batch),
         ),
         temperature=jnp.float32(sampling.temperature),
@@ -299,8 +301,22 @@ def unfinished(state: decode.DecodeState) -> Array:
     return jnp.any(~state.done & (state.round < state.max_new))
 
 
+class NonFiniteLogitsError(FloatingPointError):
+    """The target's logits held a NaN or an infinity: the row's law is undefined."""
+
+
 def check_finished(state: decode.DecodeState) -> None:
-    """Raises RuntimeError naming every row that ran out of rounds before finishing."""
+    """Raises for rows stopped by non-finite target logits (:class:`NonFiniteLogitsError`,
+    naming row and round) or that ran out of rounds before finishing (RuntimeError)."""
+    bad = np.flatnonzero(np.asarray(state.counters.nonfinite_target))
+    if bad.size:
+        rounds = np.asarray(state.round)
+        rows = ", ".join(f"row {b} in round {rounds[b]}" for b in bad)
+        raise NonFiniteLogitsError(
+            f"the target model's logits were NaN or infinite ({rows}); those rows were "
+            "stopped and emitted nothing from that round on. Check the model's weights "
+            "(e.g. a damaged or overflowing conversion) and the dtype"
+        )
     stuck = np.flatnonzero(~np.asarray(state.done))
     if stuck.size:
         rounds, gen = np.asarray(state.round), np.asarray(state.counters.generated)

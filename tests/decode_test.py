@@ -227,3 +227,38 @@ def test_rounds_that_emit_nothing_stop_at_the_budget_and_are_reported(driver, mo
             target, draft, [[1, 2, 3], [0, 3]], "sd:2", key=jax.random.PRNGKey(0),
             max_new_tokens=5, driver=driver,
         )  # fmt: skip
+
+
+def _nan_row_zero(apply):
+    """``apply`` whose logits for batch row 0 are NaN (a broken model, on one row)."""
+
+    def broken_apply(params, tokens, positions, mask, cache):
+        logits, cache = apply(params, tokens, positions, mask, cache)
+        return logits.at[0].set(jnp.nan), cache
+
+    return broken_apply
+
+
+@pytest.mark.parametrize("method", ["ar", "sd:2", "rsd_s:2x2/tv"])
+@pytest.mark.parametrize("driver", ["while", "python"])
+def test_nonfinite_target_logits_stop_the_row_and_raise(method, driver):
+    """No silent stream of wrong tokens: the row stops and the error names it."""
+    target, draft, _ = _models()
+    broken = target._replace(apply=_nan_row_zero(target.apply))
+    with pytest.raises(gen.NonFiniteLogitsError, match=r"\(row 0 in round 1\)"):
+        gen.generate(
+            broken, None if method == "ar" else draft, [[1, 2, 3], [0, 3]], method,
+            key=jax.random.PRNGKey(0), max_new_tokens=6, driver=driver,
+        )  # fmt: skip
+
+
+def test_nonfinite_draft_logits_are_counted_and_output_stays_exact():
+    target, draft, _ = _models()
+    broken = draft._replace(apply=_nan_row_zero(draft.apply))
+    prompts = [[1, 2, 3], [0, 3]]
+    key = jax.random.PRNGKey(0)
+    ref = gen.generate(target, None, prompts, "ar", key=key, max_new_tokens=8, sampling=GREEDY)
+    out = gen.generate(target, broken, prompts, "sd:2", key=key, max_new_tokens=8, sampling=GREEDY)
+    assert out.tokens == ref.tokens
+    c = out.counters
+    assert c.nonfinite_draft[0] == c.target_calls[0] > 0 and c.nonfinite_draft[1] == 0
