@@ -262,3 +262,32 @@ def test_nonfinite_draft_logits_are_counted_and_output_stays_exact():
     assert out.tokens == ref.tokens
     c = out.counters
     assert c.nonfinite_draft[0] == c.target_calls[0] > 0 and c.nonfinite_draft[1] == 0
+
+
+TEMPERED = transforms.SamplingParams(temperature=0.7, top_p=0.8)
+
+
+@pytest.mark.parametrize("method", ["sd:3", "spectr:2x2", "rsd_c:2-2", "rsd_s:3x2/tv"])
+def test_law_at_temperature_below_one_with_top_p_is_the_transformed_target_law(method):
+    """T=0.7, top-p 0.8: the output law is the target's law *after* the same transforms
+    (3 x 10^4 generations, chi-square at ALPHA). The expected law applies the engine's own
+    transform to every row of the target table, then enumerates; a filtered-out id that
+    came out would fail at once (probability 0)."""
+    target, draft, table = _models(seed=1)
+    logits = toy.safe_log_table(jnp.asarray(table, jnp.float32))
+    law_table = np.asarray(
+        transforms.probs_from_logits(logits, TEMPERED.temperature, 0, TEMPERED.top_p), np.float64
+    )
+    law_table /= law_table.sum(-1, keepdims=True)
+    assert np.mean(law_table == 0) > 0.1  # top-p removes ids: the test can see them
+    prompt = [1, 3, 0]
+    keys = jax.random.split(jax.random.PRNGKey(4), 30_000)
+    out = gen.generate(
+        target, draft, [prompt] * 30_000, method, key=keys[0], keys=keys, max_new_tokens=3,
+        sampling=TEMPERED,
+    )  # fmt: skip
+    counts = np.bincount([lawcheck.seq_code(t[:3], V) for t in out.tokens], minlength=V**3)
+    law = lawcheck.target_law(law_table, tuple(prompt), 3)
+    assert lawcheck.chi2_pvalue(counts, law) >= lawcheck.ALPHA
+    untransformed = lawcheck.target_law(table, tuple(prompt), 3)
+    assert lawcheck.chi2_pvalue(counts, untransformed) < lawcheck.ALPHA  # negative control
