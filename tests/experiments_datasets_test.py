@@ -159,3 +159,20 @@ def test_real_datasets_if_fetched():
         assert len(ps) == 2 and all(p.text.strip() for p in ps)
     assert len(datasets._parsed("shakespeare")) == 77
     assert np.all([p.reference for p in datasets.load_prompts("translate", 3, 1)])
+
+
+def test_data_files_are_pinned_by_sha256(tmp_path, monkeypatch):
+    """A truncated or altered data file is refused with the re-fetch command; the pinned
+    content is accepted (hashed once per process and file state)."""
+    monkeypatch.setenv("RSD_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(datasets, "_installed_file", lambda source: None)
+    path = datasets.cached_file("humaneval")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(datasets.DatasetCorruptError, match="fetch --force humaneval"):
+        datasets.locate("humaneval")
+    monkeypatch.setitem(datasets.SHA256, "humaneval", datasets.sha256_of(path))
+    assert datasets.locate("humaneval") == path
+    path.write_bytes(b"\x1f\x8b altered!!")  # same size, other bytes: hashed again
+    with pytest.raises(datasets.DatasetCorruptError):
+        datasets.locate("humaneval")
