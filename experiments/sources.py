@@ -135,6 +135,10 @@ def real_models(config) -> Bundle:
         "target_config": target.config.to_json(),
         "draft_config": draft.config.to_json(),
     }
+    for role in ("target", "draft"):  # local files: results are tied to their content
+        digest = loading.content_digest(config[role])
+        if digest is not None:
+            info[f"{role}_sha256"] = digest
     return Bundle(
         adapter.to_rsd_model(target),
         adapter.to_rsd_model(draft),

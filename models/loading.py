@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -67,6 +68,22 @@ def _resolve(name_or_path: str | os.PathLike, prepare: bool) -> Path:
             ".gguf file or safetensors directory"
         )
     return path
+
+
+def content_digest(name_or_path: str | os.PathLike) -> str | None:
+    """sha256 identifying a local model's content (None for presets, pinned by name).
+
+    A .gguf file: its sha256. A directory: the sha256 of its config.json and safetensors
+    files' names and digests. Digests are memoised by path, size and mtime.
+    """
+    if str(name_or_path) in presets.PRESETS:
+        return None
+    path = _resolve(name_or_path, prepare=False)
+    if path.is_file():
+        return gguf_loader.cached_sha256(path)
+    files = sorted([*path.glob("*.safetensors"), *path.glob("config.json")])
+    listing = "\n".join(f"{f.name} {gguf_loader.cached_sha256(f)}" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def _gguf_tokenizer(path: Path) -> tokenizer_lib.Tokenizer:

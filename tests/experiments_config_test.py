@@ -170,3 +170,24 @@ def test_command_line_reports_a_bad_setting_in_one_line(tmp_path, config, error)
     assert out.stderr.strip().splitlines()[-1] == error
     assert "Traceback" not in out.stderr
     assert not workdir.exists()  # nothing written
+
+
+def test_local_weights_are_part_of_the_model_identity(tmp_path, monkeypatch):
+    """Replacing a local GGUF by one with other weights (same shapes) changes the models'
+    description stored in a workdir, so results of the two are never mixed."""
+    import jax
+
+    from experiments import sources
+    from experiments.configs import default
+    from models import decoder, testing
+
+    monkeypatch.setenv("RSD_JAX_CACHE", str(tmp_path / "cache"))
+    config = testing.tiny_config("qwen2", rope_layout="rotate_half")
+    path = tmp_path / "t.gguf"
+    arg = f"target={path},draft={path},draft_vocab=0"
+    infos = []
+    for seed in (0, 1):
+        testing.write_tiny_gguf(path, config, decoder.init_params(config, jax.random.key(seed)))
+        infos.append(sources.real_models(default.get_config(arg)).info)
+    assert infos[0]["target_sha256"] != infos[1]["target_sha256"]
+    assert infos[0]["target_config"] == infos[1]["target_config"]  # the config alone agrees
