@@ -1,9 +1,11 @@
 """Load GGUF checkpoints (llama / qwen2) into float parameters, with an on-disk cache.
 
 Dequantization uses the `gguf` package. The float32 parameters are cached as
-`<cache>/converted/<sha256 of the GGUF>.safetensors` (config JSON in its metadata), so the
-second load only reads that file. llama-arch GGUFs keep llama.cpp's Q/K row permutation;
-their config says `rope_layout='interleaved'`, which is the matching rotation.
+`<cache>/converted/<sha256 of the GGUF>-<code version>.safetensors` (config JSON and a
+checksum per tensor in its metadata, checked on every load), so the second load only reads
+that file; a change of this conversion code, of config reading or of the tokenizer rules
+changes the code version and the cache is rebuilt. llama-arch GGUFs keep llama.cpp's Q/K
+row permutation; their config says `rope_layout='interleaved'`, which is the matching rotation.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,27 @@ from models import config as config_lib
 from models import decoder
 from models.errors import ModelFileError
 
-CACHE_FORMAT = "rsd_jax-params-v1"
+_CODE = ("gguf_loader.py", "config.py", "tokenizer.py", "loading.py")
+
+
+def _code_version() -> str:
+    """Digest of the code that turns a GGUF into the cached params, config and tokenizer:
+    any change to it makes older converted caches stale, so they are rebuilt."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256(b"rsd_jax-params-v2")
+    for name in _CODE:
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+CODE_VERSION = _code_version()
+CACHE_FORMAT = f"rsd_jax-params-v2-{CODE_VERSION}"
+
+
+def checksum(array: np.ndarray) -> int:
+    """A cheap whole-array checksum (sum of the 32-bit words): any flipped byte changes it."""
+    words = np.ascontiguousarray(array).reshape(-1).view(np.uint32)
+    return int(np.add.reduce(words, dtype=np.uint64)) & 0xFFFFFFFFFFFFFFFF
 
 
 def cache_root() -> Path:
@@ -224,17 +247,37 @@ def load_gguf(
     reader, meta = opened or open_gguf(path)
     config, flat = convert_gguf(reader, meta)
     if cached is not None:
+        # Re-hash the file being converted (the memo keyed by size and mtime could hold the
+        # digest of an earlier, good file) and store the conversion under its true digest.
+        cached = converted_path(path, known=sha256_file(path))
         cached.parent.mkdir(parents=True, exist_ok=True)
+        remove_conversions(cached.name.split("-")[0])  # by older code, or damaged
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        save_file(flat, str(tmp), metadata={"format": CACHE_FORMAT, "config": config.to_json()})
+        sums = {name: checksum(w) for name, w in flat.items()}
+        metadata = {"format": CACHE_FORMAT, "config": config.to_json(), "sums": json.dumps(sums)}
+        save_file(flat, str(tmp), metadata=metadata)
         tmp.replace(cached)
     config = config.replace(dtype=dtype or config.dtype, scan_layers=scan_layers)
     return config, build_params(list(flat), flat.pop, config.dtype, scan_layers)
 
 
-def converted_path(path: str | os.PathLike, suffix: str = ".safetensors") -> Path:
-    """Cache file for the GGUF at `path`: <cache>/converted/<sha256 of the file><suffix>."""
-    return cache_root() / "converted" / f"{cached_sha256(Path(path))}{suffix}"
+def remove_conversions(digest: str) -> list[Path]:
+    """Deletes every cached conversion (params, tokenizer) of the GGUF with sha256 `digest`,
+    whatever code version made it; returns the removed paths."""
+    removed = []
+    for f in (cache_root() / "converted").glob(f"{digest}*"):
+        f.unlink(missing_ok=True)
+        removed.append(f)
+    return removed
+
+
+def converted_path(
+    path: str | os.PathLike, suffix: str = ".safetensors", known: str | None = None
+) -> Path:
+    """Cache file for the GGUF at `path`: <cache>/converted/<sha256 of the file>-<code
+    version><suffix> (`known`: a digest just computed, memoised as is)."""
+    digest = cached_sha256(Path(path), known=known)
+    return cache_root() / "converted" / f"{digest}-{CODE_VERSION}{suffix}"
 
 
 def cached_config(path: str | os.PathLike) -> config_lib.ModelConfig | None:
@@ -260,9 +303,18 @@ def _read_cache(cached: Path, dtype: str, stack_layers: bool):
 
     try:
         with safe_open(str(cached), "np") as f:
-            return build_params(f.keys(), f.get_tensor, dtype, stack_layers)
-    except (SafetensorError, OSError, ValueError):
-        return None  # unreadable cache: the caller rebuilds it
+            sums = json.loads((f.metadata() or {})["sums"])
+
+            def get(name):
+                w = f.get_tensor(name)
+                if checksum(w) != sums[name]:
+                    raise ValueError(f"{cached}: tensor {name} fails its checksum")
+                return w
+
+            return build_params(f.keys(), get, dtype, stack_layers)
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        print(f"rebuilding the converted cache ({e})", file=sys.stderr)
+        return None  # unreadable or damaged cache: the caller rebuilds it
 
 
 _PER_LAYER = re.compile(r"layers_(\d+)/(.+)")

@@ -33,6 +33,11 @@ def main(argv=None) -> int:
         if name not in presets.PRESETS:
             parser.error(f"unknown preset {name!r}; known: {', '.join(presets.PRESETS)}")
     for name in names:
+        if args.force:  # everything derived from the file is rebuilt too
+            from models.gguf_loader import remove_conversions
+
+            for f in remove_conversions(presets.get_preset(name).sha256):
+                print(f"removed {f}", file=sys.stderr)
         path = presets.prepare(name, force=args.force)
         if args.convert:
             from models.gguf_loader import load_gguf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 
 import chex
@@ -127,7 +128,8 @@ def test_gguf_matches_hf_layout_and_caches(tmp_path, arch, monkeypatch):
     )
     # Second load comes from the converted cache, keyed by the file's sha256.
     digest = gguf_loader.sha256_file(path)
-    assert (gguf_loader.cache_root() / "converted" / f"{digest}.safetensors").is_file()
+    name = f"{digest}-{gguf_loader.CODE_VERSION}.safetensors"
+    assert (gguf_loader.cache_root() / "converted" / name).is_file()
 
     def fail(*a):
         raise AssertionError("converted again")
@@ -330,3 +332,61 @@ def test_scan_layers_is_not_part_of_the_model_identity():
     scanned = config.replace(scan_layers=True)
     assert scanned.to_json() == config.to_json()
     assert ModelConfig.from_json(scanned.to_json()) == config  # scan_layers=False again
+
+
+def _converted(path):
+    return gguf_loader.converted_path(path)
+
+
+def test_damaged_converted_cache_is_detected_and_rebuilt(tmp_path, capsys):
+    """A flipped byte in the converted cache (what is actually loaded) never loads
+    silently: the tensor's checksum fails and the cache is rebuilt from the GGUF."""
+    config, params = _hf_model("qwen2", key=1)
+    path = testing.write_tiny_gguf(tmp_path / "tiny.gguf", config, params)
+    good = load_model(path)
+    cached = _converted(path)
+    raw = bytearray(cached.read_bytes())
+    raw[-5] ^= 0x40  # a byte inside the last tensor's data
+    cached.write_bytes(bytes(raw))
+    again = load_model(path)
+    assert "fails its checksum" in capsys.readouterr().err
+    chex.assert_trees_all_equal(again.params, good.params)
+    assert cached.read_bytes() != bytes(raw)  # rebuilt
+
+
+def test_conversion_of_older_code_is_rebuilt_and_removed(tmp_path, monkeypatch):
+    """Caches carry the version of the code that built them: another version's cache is
+    not used, and converting removes it (no disk leak)."""
+    config, params = _hf_model("qwen2", key=1)
+    path = testing.write_tiny_gguf(tmp_path / "tiny.gguf", config, params)
+    current = gguf_loader.CODE_VERSION, gguf_loader.CACHE_FORMAT
+    monkeypatch.setattr(gguf_loader, "CODE_VERSION", "older")
+    monkeypatch.setattr(gguf_loader, "CACHE_FORMAT", "rsd_jax-params-v2-older")
+    load_model(path)
+    old = _converted(path)
+    assert old.is_file() and "-older" in old.name
+    monkeypatch.setattr(gguf_loader, "CODE_VERSION", current[0])
+    monkeypatch.setattr(gguf_loader, "CACHE_FORMAT", current[1])
+    calls = []
+    convert = gguf_loader.convert_gguf
+    monkeypatch.setattr(gguf_loader, "convert_gguf", lambda *a: calls.append(1) or convert(*a))
+    load_model(path)
+    assert calls == [1] and not old.exists() and _converted(path).is_file()
+
+
+def test_corrupted_gguf_with_its_mtime_kept_is_converted_under_its_true_digest(tmp_path):
+    """The sha256 memo (keyed by size and mtime) cannot launder a corrupted file: a
+    conversion re-hashes what it converts."""
+    config, params = _hf_model("qwen2", key=1)
+    path = testing.write_tiny_gguf(tmp_path / "tiny.gguf", config, params)
+    load_model(path)
+    good = _converted(path)
+    st = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
+    good.unlink()  # force a conversion of the corrupted file
+    load_model(path)
+    true = gguf_loader.sha256_file(path)
+    assert _converted(path).name.startswith(true) and not good.exists()
