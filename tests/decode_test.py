@@ -212,7 +212,7 @@ def test_identical_draft_is_always_fully_accepted(method):
 class _SilentEngine(decode.Engine):
     """A broken engine whose rounds emit nothing (commit only counts the round)."""
 
-    def commit(self, state, res, target_cache, draft_cache):
+    def commit(self, state, res, target_cache, draft_cache, *flags):
         return state._replace(round=state.round + 1)
 
 
