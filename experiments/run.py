@@ -22,7 +22,7 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "the compiled steps (minutes per shape on CPU) instead of recompiling. '' disables.",
 )
 
-JOBS = ("toy_demo", "speculative")
+JOBS = ("toy_demo", "speculative", "distill")
 
 
 def enable_compile_cache(path: str, min_compile_seconds: float = 1.0) -> str | None:
@@ -62,6 +62,17 @@ def main(argv):
             runner.run(config, _WORKDIR.value)
         except (ValueError, DatasetMissingError, runner.WorkdirBusyError) as e:
             # bad config, incompatible or busy workdir, damaged results, missing data
+            raise SystemExit(f"error: {e}") from None
+        return
+    if config.job == "distill":
+        from experiments import distill
+        from experiments.datasets import DatasetMissingError
+
+        if not _WORKDIR.value:
+            raise app.UsageError("the distill job needs --workdir=DIR (checkpoints, the draft)")
+        try:
+            distill.run(config, _WORKDIR.value)
+        except (ValueError, DatasetMissingError, distill.WorkdirBusyError) as e:
             raise SystemExit(f"error: {e}") from None
         return
     from experiments import toy_demo, validate

@@ -150,8 +150,12 @@ def validate(config) -> None:
         _speculative(config)
     elif config.job == "toy_demo":
         _toy_demo(config)
+    elif config.job == "distill":
+        _distill(config)
     else:
-        raise ConfigError(f"'job' must be 'speculative' or 'toy_demo', got {config.job!r}")
+        raise ConfigError(
+            f"'job' must be 'speculative', 'distill' or 'toy_demo', got {config.job!r}"
+        )
 
 
 def _toy_demo(config) -> None:
@@ -240,6 +244,61 @@ def _speculative(config) -> None:
             f"'method' must run each method once per sweep point; {', '.join(repeated)} "
             f"comes twice (from {config.method!r})"
         )
+
+
+DISTILL_AT_LEAST_ONE = (
+    "layers", "hidden", "heads", "kv_heads", "mlp_hidden", "train_sequences",
+    "heldout_sequences", "top_k", "teacher_batch", "steps", "batch", "eval_every",
+    "checkpoint_every", "eval_prompts", "eval_max_new_tokens",
+)  # fmt: skip
+DISTILL_MIN_SEQ_LEN = 8
+
+
+def _distill(config) -> None:
+    """The ``distill`` job (``experiments/configs/distill.py``)."""
+    c = _Checks(config)
+    for key in ("target", "init_from"):
+        if not (isinstance(config[key], str) and config[key].strip()):
+            c.fail(key, "a preset name or a model path")
+    c.choice("init", ("prune", "scratch"))
+    c.choice("dtype", DTYPES)
+    c.ints("keep_layers", minimum=0)
+    for key in DISTILL_AT_LEAST_ONE:
+        c.int_in(key, 1)
+    if not c.errors and config.heads % config.kv_heads:
+        c.fail("kv_heads", f"a divisor of heads={config.heads}")
+    c.int_in("seq_len", DISTILL_MIN_SEQ_LEN)
+    c.int_in("draft_vocab", 0)
+    c.int_in("warmup_steps", 0)
+    c.int_in("seed", 0, SEED_MAX)
+    if _is_int(config.batch) and _is_int(config.train_sequences):
+        if config.batch > config.train_sequences:
+            c.fail("batch", f"at most train_sequences={config.train_sequences}")
+    lr = config.learning_rate
+    if not (_is_real(lr) and math.isfinite(lr) and lr > 0):
+        c.fail("learning_rate", "a finite number > 0")
+    c.real_at_least_zero("weight_decay")
+    clip = config.clip_norm
+    if not (_is_real(clip) and math.isfinite(clip) and clip > 0):
+        c.fail("clip_norm", "a finite number > 0")
+    for key in ("freeze_embedding", "evaluate", "progress", "plots"):
+        c.boolean(key)
+    names = c.items("eval_dataset")
+    if not names or any(n not in datasets.DATASETS for n in names):
+        c.fail("eval_dataset", "'+'-separated names among " + ", ".join(datasets.DATASETS))
+    for item in c.items("eval_methods"):
+        try:
+            methods.parse(item)
+        except ValueError as e:
+            c.errors.append(f"'eval_methods': {e}")
+    temps = c.items("eval_temperatures")
+    try:
+        values = [float(t) for t in temps]
+    except ValueError:
+        values = [-1.0]
+    if not values or any(not (math.isfinite(t) and t >= 0) for t in values):
+        c.fail("eval_temperatures", "'+'-separated finite numbers >= 0")
+    c.raise_if_any()
 
 
 def _shape_overrides(c: _Checks) -> None:

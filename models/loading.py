@@ -48,7 +48,10 @@ def load_model(
     if path.is_dir():
         config, params = hf_loader.load_hf_dir(path, dtype, scan_layers)
         has_tok = (path / "tokenizer.json").is_file()
-        return LoadedModel(config, params, tokenizer_lib.from_files(path) if has_tok else None)
+        model = LoadedModel(config, params, tokenizer_lib.from_files(path) if has_tok else None)
+        from models import student  # a restricted draft head exported by student.export
+
+        return student.load_extras(model, path)
     config, params = gguf_loader.load_gguf(path, dtype, scan_layers=scan_layers)
     return LoadedModel(config, params, _gguf_tokenizer(path))
 

@@ -1,0 +1,160 @@
+"""Distillation on tiny models: the step learns, resuming is exact, the export loads back
+with the same logits, and every method stays lossless with a trained draft."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import distill, distill_data
+from experiments import distill_train as train_lib
+from experiments.configs import distill as distill_config
+from models import adapter, decoder, draft_vocab, loading, student, testing
+from models import tokenizer as tokenizer_lib
+from models.loading import LoadedModel
+from tests import lawcheck
+from tests import models_draft_vocab_test as dv
+
+SEQ, TRAIN, HELD = 12, 16, 4
+
+
+def _laws(target: LoadedModel, seed: int, num: int, top_k: int) -> dict:
+    ids = jax.random.randint(jax.random.PRNGKey(seed), (num, SEQ), 0, target.config.vocab_size)
+    model = adapter.to_rsd_model(target)
+    fn = distill_data.make_teacher_fn(model.apply, top_k)
+    top_logp, top_ids = fn(target.params, ids, model.init_cache(num, SEQ))
+    return {"ids": np.asarray(ids), "top_logp": np.asarray(top_logp),
+            "top_ids": np.asarray(top_ids)}  # fmt: skip
+
+
+def _pair(vocab: int = dv.V):
+    kw = dict(vocab_size=vocab, valid_vocab_size=vocab, bos_id=-1, eos_id=-1, pad_id=-1)
+    target = dv._loaded("qwen2", 1, **kw)
+    base = dv._loaded("qwen2", 2, layers=3, **kw)
+    return target, student.prune(base, [0, 2])
+
+
+def _config(**kw):
+    text = dict(steps=6, batch=4, train_sequences=TRAIN, heldout_sequences=HELD, seq_len=SEQ,
+                eval_every=3, checkpoint_every=2, warmup_steps=1, learning_rate=3e-2,
+                top_k=dv.V, progress=False, plots=False, evaluate=False) | kw  # fmt: skip
+    return distill_config.get_config(",".join(f"{k}={v}" for k, v in text.items()))
+
+
+def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
+    target, small = _pair()
+    laws = _laws(target, 0, 4, dv.V)
+    trainable, frozen = train_lib.split_params(small.params, ("embed/embedding",))
+    assert "embed/embedding" in frozen and "embed/embedding" not in trainable
+    lookup = train_lib.column_lookup(small.config, small.params)
+    batch = {"ids": jnp.asarray(laws["ids"]), "top_logp": jnp.asarray(laws["top_logp"]),
+             "cols": jnp.asarray(lookup[laws["top_ids"]])}  # fmt: skip
+    evaluate = train_lib.make_eval(small.config)
+    before = float(evaluate(trainable, frozen, batch)["kl"])
+    optimizer = train_lib.make_optimizer(train_lib.Hyper(1e-2, 0, 10, 0.0, 1.0))
+    step = train_lib.make_train_step(small.config, optimizer)
+    trainable, _, stats = step(trainable, optimizer.init(trainable), frozen, batch)
+    after = float(evaluate(trainable, frozen, batch)["kl"])
+    assert float(stats["loss"]) == pytest.approx(before, rel=1e-5)  # the step saw this loss
+    assert before > 0.01 and after < before - 1e-3, (before, after)
+
+
+def test_coarse_kl_is_zero_for_the_teachers_own_law_and_positive_otherwise():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 7)) * 2
+    logp = jax.nn.log_softmax(logits)
+    top_logp, top_ids = jax.lax.top_k(logp, 4)
+    kl, agree, overlap = train_lib.coarse_kl(logits, top_logp, top_ids)
+    np.testing.assert_allclose(kl, 0.0, atol=1e-6)
+    assert bool(agree.all())
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)
+    kl2, _, overlap2 = train_lib.coarse_kl(logits[..., ::-1], top_logp, top_ids)
+    assert float(kl2.min()) > 1e-3 and float(overlap2.max()) < 1.0
+    # An id the student cannot score moves its mass to the rest bucket.
+    cols = top_ids.at[..., 1].set(-1)
+    kl3, _, _ = train_lib.coarse_kl(logits, top_logp, cols)
+    assert np.isfinite(np.asarray(kl3)).all()
+
+
+def test_resume_equals_uninterrupted_bit_for_bit(tmp_path):
+    target, small = _pair()
+    laws, held = _laws(target, 0, TRAIN, dv.V), _laws(target, 1, HELD, dv.V)
+    config = _config()
+    full, hist_full, _ = distill.train(config, small, laws, held, tmp_path / "a", log=print)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step):
+        if step == 3:  # after the checkpoint of step 2 and one more step
+            raise Stop
+
+    with pytest.raises(Stop):
+        distill.train(config, small, laws, held, tmp_path / "b", on_step=stop_at_3)
+    resumed, hist_resumed, _ = distill.train(config, small, laws, held, tmp_path / "b")
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(full.params),
+                            jax.tree.leaves(resumed.params), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    losses = lambda h: [(r["step"], r.get("loss"), r.get("heldout_kl")) for r in h]  # noqa: E731
+    assert losses(hist_full) == losses(hist_resumed)
+    assert hist_full[-1]["heldout_kl"] < hist_full[0]["heldout_kl"]  # it learnt something
+    # The student really changed, and the model it was pruned from was not consumed.
+    assert not np.array_equal(full.params["layers_0"]["mlp"]["up"]["kernel"],
+                              small.params["layers_0"]["mlp"]["up"]["kernel"])  # fmt: skip
+
+
+def test_a_checkpoint_of_another_student_is_refused(tmp_path):
+    target, small = _pair()
+    laws, held = _laws(target, 0, TRAIN, dv.V), _laws(target, 1, HELD, dv.V)
+    distill.train(_config(steps=2), small, laws, held, tmp_path)
+    other = student.prune(dv._loaded("qwen2", 2, layers=3, vocab_size=dv.V, valid_vocab_size=dv.V,
+                                     bos_id=-1, eos_id=-1, pad_id=-1), [0])  # fmt: skip
+    with pytest.raises(ValueError, match="lacks|expected"):
+        distill.train(_config(steps=2), other, laws, held, tmp_path)
+
+
+@pytest.mark.parametrize("restricted", [False, True])
+def test_export_loads_back_with_identical_logits(tmp_path, restricted):
+    (tmp_path / "tok").mkdir()
+    testing.write_tiny_tokenizer_files(tmp_path / "tok", "{{ messages[0]['content'] }}")
+    tok = tokenizer_lib.from_files(tmp_path / "tok")
+    cfg = testing.tiny_config("qwen2", valid_vocab_size=testing.tiny_config().vocab_size - 2)
+    model = LoadedModel(cfg, decoder.init_params(cfg, jax.random.PRNGKey(3), noise=0.3), tok)
+    if restricted:
+        model = draft_vocab.restrict_head(model, list(range(3, 120)))
+    student.export(model, tmp_path / "draft", extra={"note": "test"})
+    loaded = loading.load_model(tmp_path / "draft")
+    assert loaded.config.head_vocab == model.config.head_vocab
+    assert loaded.config.valid_vocab_size == cfg.valid_vocab_size
+    loading.check_compatible(loaded, model._replace(config=model.config))
+    tokens = jax.random.randint(jax.random.PRNGKey(4), (2, 9), 0, cfg.valid_vocab_size)
+    pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
+    out = []
+    for m in (model, loaded):
+        cache = decoder.init_cache(m.config, 2, 9)
+        mask = decoder.causal_mask(cache.index, 9, 9)
+        out.append(np.asarray(decoder.forward(m.config, m.params, tokens, pos, mask, cache)[0]))
+    np.testing.assert_allclose(out[1], out[0], rtol=0, atol=1e-6)
+
+
+def _trained_draft(tmp_path):
+    target, small = _pair()
+    laws, held = _laws(target, 0, TRAIN, dv.V), _laws(target, 1, HELD, dv.V)
+    trained, hist, _ = distill.train(_config(steps=8), small, laws, held, tmp_path)
+    assert hist[-1]["heldout_kl"] < hist[0]["heldout_kl"]
+    return target, trained
+
+
+@pytest.mark.parametrize("method", ["sd:3", "spectr:2x2", "rsd_c:2-2", "rsd_s:3x2/tv"])
+def test_every_method_stays_lossless_with_a_trained_draft(tmp_path, method):
+    target, trained = _trained_draft(tmp_path)
+    counts = dv._counts(method, target, trained)
+    assert lawcheck.chi2_pvalue(counts, dv._exact_law(target)) >= lawcheck.ALPHA
+
+
+def test_the_trained_drafts_own_law_is_not_the_targets(tmp_path):
+    """Negative control: sampling from the trained draft itself fails the same test."""
+    target, trained = _trained_draft(tmp_path)
+    counts = dv._counts("ar", trained, None)
+    assert lawcheck.chi2_pvalue(counts, dv._exact_law(target)) < lawcheck.ALPHA
