@@ -3,6 +3,10 @@ with the same logits, and every method stays lossless with a trained draft."""
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,23 +142,95 @@ def test_export_loads_back_with_identical_logits(tmp_path, restricted):
     np.testing.assert_allclose(out[1], out[0], rtol=0, atol=1e-6)
 
 
-def _trained_draft(tmp_path):
+@functools.cache
+def _trained_draft():
     target, small = _pair()
     laws, held = _laws(target, 0, TRAIN, dv.V), _laws(target, 1, HELD, dv.V)
-    trained, hist, _ = distill.train(_config(steps=8), small, laws, held, tmp_path)
+    with tempfile.TemporaryDirectory() as workdir:
+        trained, hist, _ = distill.train(_config(steps=8), small, laws, held, Path(workdir))
     assert hist[-1]["heldout_kl"] < hist[0]["heldout_kl"]
     return target, trained
 
 
 @pytest.mark.parametrize("method", ["sd:3", "spectr:2x2", "rsd_c:2-2", "rsd_s:3x2/tv"])
-def test_every_method_stays_lossless_with_a_trained_draft(tmp_path, method):
-    target, trained = _trained_draft(tmp_path)
+def test_every_method_stays_lossless_with_a_trained_draft(method):
+    target, trained = _trained_draft()
     counts = dv._counts(method, target, trained)
     assert lawcheck.chi2_pvalue(counts, dv._exact_law(target)) >= lawcheck.ALPHA
 
 
-def test_the_trained_drafts_own_law_is_not_the_targets(tmp_path):
+def test_the_trained_drafts_own_law_is_not_the_targets():
     """Negative control: sampling from the trained draft itself fails the same test."""
-    target, trained = _trained_draft(tmp_path)
+    target, trained = _trained_draft()
     counts = dv._counts("ar", trained, None)
     assert lawcheck.chi2_pvalue(counts, dv._exact_law(target)) < lawcheck.ALPHA
+
+
+class _CharTokenizer:
+    eos_id = 0
+
+    def encode(self, text, add_bos=False):
+        return [ord(ch) % 250 + 1 for ch in text]
+
+
+def test_training_and_heldout_sequences_come_from_disjoint_turns(monkeypatch):
+    turns = [f"turn{i:03d}:" + "abcdefghij"[i % 10] * 30 for i in range(200)]
+    monkeypatch.setattr(distill_data.datasets, "vocabulary_corpus", lambda max_chars: turns)
+    train, held = distill_data.sequences(_CharTokenizer(), 16, 20, 4)
+    assert train.ids.shape == (20, 16) and held.ids.shape == (4, 16)
+    text = lambda ids: "".join(chr(i - 1) if i else "|" for i in ids.ravel())  # noqa: E731
+    held_turns = {t for t in text(held.ids).split("|") if t.startswith("turn")}
+    train_turns = {t for t in text(train.ids).split("|") if t.startswith("turn")}
+    assert held_turns and train_turns and not held_turns & train_turns
+    assert all(int(t[4:7]) % distill_data.HELDOUT_EVERY == 0 for t in held_turns)
+    # Asking for more sequences only appends: the first ones are unchanged.
+    more, _ = distill_data.sequences(_CharTokenizer(), 16, 30, 4)
+    np.testing.assert_array_equal(more.ids[:20], train.ids)
+
+
+def test_teacher_laws_compute_missing_chunks_only_and_refuse_other_tokens(tmp_path):
+    data = distill_data.Split(np.arange(5 * 4, dtype=np.int32).reshape(5, 4))
+    calls = []
+
+    def compute(ids):
+        calls.append(len(ids))
+        return ids[..., None].astype(np.float32), ids[..., None]
+
+    first = distill_data.teacher_laws(tmp_path, "train", data, compute, chunk=2)
+    assert calls == [2, 2, 1]
+    (tmp_path / "train_00001.npz").unlink()  # an interrupted run lost one chunk
+    again = distill_data.teacher_laws(tmp_path, "train", data, compute, chunk=2)
+    assert calls == [2, 2, 1, 2]
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+    other = distill_data.Split(data.ids + 1)
+    with pytest.raises(ValueError, match="other tokens"):
+        distill_data.teacher_laws(tmp_path, "train", other, compute, chunk=2)
+
+
+def test_batches_depend_on_the_step_alone():
+    a = distill_data.batches(10, 3, seed=0, start_step=0)
+    steps = [next(a) for _ in range(7)]
+    b = distill_data.batches(10, 3, seed=0, start_step=4)
+    for i in range(4, 7):
+        np.testing.assert_array_equal(next(b), steps[i])
+    assert len(set(np.concatenate(steps[:3]).tolist())) == 9  # an epoch draws without repeats
+
+
+def test_bad_distill_configs_fail_before_anything_loads(tmp_path):
+    from experiments import validate
+
+    for bad, key in (("steps=0", "steps"), ("kv_heads=3", "kv_heads"), ("batch=999", "batch"),
+                     ("init=grow", "init"), ("eval_methods=xx:1", "eval_methods"),
+                     ("learning_rate=-1.0", "learning_rate"), ("keep_layers=a", "keep_layers"),
+                     ("eval_temperatures=-1", "eval_temperatures")):  # fmt: skip
+        with pytest.raises(validate.ConfigError, match=key):
+            distill.run(distill_config.get_config(bad), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_workdir_of_another_distillation_is_refused(tmp_path):
+    distill.check_workdir(tmp_path, _config())
+    distill.check_workdir(tmp_path, _config(evaluate=True))  # evaluation keys may change
+    with pytest.raises(distill.IncompatibleWorkdirError, match="steps"):
+        distill.check_workdir(tmp_path, _config(steps=7))

@@ -34,4 +34,5 @@ def test_notebook_executes(monkeypatch, capsys):
     assert "greedy outputs identical" in out
     assert "| RSD-S |" in out
     assert namespace["RUN_REAL"] is False  # the real-model cell stays off in CI
+    assert namespace["RUN_DISTILL"] is False
     assert os.path.isfile(os.path.join(namespace["workdir"], "summary.json"))
