@@ -362,8 +362,42 @@ def from_gguf_metadata(meta: Mapping[str, Any]) -> Tokenizer:
     )
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path`, {} if the file is absent; ModelFileError if unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as e:
+        raise ModelFileError(f"{path} is not valid JSON: {e}") from e
+    return value if isinstance(value, dict) else {}
+
+
+def _chat_template(directory: Path, cfg: Mapping[str, Any]) -> str | None:
+    """chat_template.jinja if present, else tokenizer_config's `chat_template` (a string, or
+    a list of {'name', 'template'} of which the one named 'default' is taken)."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    template = cfg.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default", next(iter(named.values()), None))
+    return template if isinstance(template, str) else None
+
+
 def from_files(directory: str | os.PathLike) -> Tokenizer:
-    """Loads `tokenizer.json` (and `tokenizer_config.json` if present) from a directory."""
+    """Loads a model directory's own tokenizer (tokenizer.json, whatever model it holds).
+
+    Special ids come from the token strings in tokenizer_config.json (`bos_token`, ...),
+    else from generation_config.json, else from config.json (`bos_token_id`, ...; the first
+    of a list); padding falls back to EOS. BOS is prepended when tokenizer_config says
+    `add_bos_token`, or, without that key, when tokenizer.json's post-processor adds it.
+    The chat template is chat_template.jinja or tokenizer_config's `chat_template`.
+
+    Raises:
+      ModelFileError: no tokenizer.json, or an unreadable one.
+    """
     from tokenizers import Tokenizer as HFTokenizer
 
     directory = Path(directory)
@@ -374,25 +408,34 @@ def from_files(directory: str | os.PathLike) -> Tokenizer:
         backend = HFTokenizer.from_file(str(path))
     except Exception as e:
         raise ModelFileError(f"cannot read {path}: {e}") from e
-    cfg_path = directory / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg = _read_json(directory / "tokenizer_config.json")
+    others = [_read_json(directory / n) for n in ("generation_config.json", "config.json")]
 
-    def token_id(key):
-        value = cfg.get(key)
+    def special(name):
+        value = cfg.get(f"{name}_token")
         value = value.get("content") if isinstance(value, dict) else value
-        found = backend.token_to_id(value) if value else None
-        return -1 if found is None else found
+        found = backend.token_to_id(value) if isinstance(value, str) and value else None
+        if found is not None:
+            return found
+        for other in others:
+            value = other.get(f"{name}_token_id")
+            value = value[0] if isinstance(value, list) and value else value
+            if isinstance(value, int) and value >= 0:
+                return value
+        return -1
 
+    bos, eos, pad = special("bos"), special("eos"), special("pad")
+    add_bos = cfg.get("add_bos_token")
+    if add_bos is None:  # e.g. Llama 3: BOS comes from the post-processor
+        with_specials = backend.encode("a", add_special_tokens=True).ids
+        add_bos = bos >= 0 and with_specials[:1] == [bos]
     state = json.loads(backend.to_str())
-    special = [t["id"] for t in state.get("added_tokens", []) if t.get("special")]
-    eos = token_id("eos_token")
-    pad = token_id("pad_token")
     return Tokenizer(
         backend,
-        bos_id=token_id("bos_token"),
+        bos_id=bos,
         eos_id=eos,
         pad_id=eos if pad < 0 else pad,
-        add_bos=bool(cfg.get("add_bos_token", False)),
-        chat_template=cfg.get("chat_template"),
-        special_ids=special,
+        add_bos=bool(add_bos),
+        chat_template=_chat_template(directory, cfg),
+        special_ids=[t["id"] for t in state.get("added_tokens", []) if t.get("special")],
     )
