@@ -242,15 +242,18 @@ def main():
 
 def tokenizer_only(args):
     """Writes `<preset>_tokenizer.json` from the reference tokenizer alone."""
-    import transformers
-
     gguf_path = str(Path(args.gguf).expanduser())
     encode, tok_name = reference_tokenizer(gguf_path)
-    hf_tok = transformers.AutoTokenizer.from_pretrained(
-        str(Path(gguf_path).parent), gguf_file=Path(gguf_path).name
-    )
+    try:  # transformers renders the chat template, if the file has one
+        import transformers
+
+        hf_tok = transformers.AutoTokenizer.from_pretrained(
+            str(Path(gguf_path).parent), gguf_file=Path(gguf_path).name
+        )
+    except ImportError:  # llama.cpp alone: ids only
+        hf_tok = None
     messages, chats = [], []
-    if hf_tok.chat_template:
+    if hf_tok is not None and hf_tok.chat_template:
         messages = [CHAT_MESSAGES, CHAT_MESSAGES_2]
         chats = [
             hf_tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
