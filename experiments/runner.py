@@ -307,6 +307,7 @@ class _Generator:
             accepted_hist=[int(x) for x in c.accepted_hist],
             nodes_scored=int(c.nodes_scored),
             nonfinite_draft_rounds=int(c.nonfinite_draft),
+            zero_prob_draft_rounds=int(c.zero_prob_draft),
             prompt_tokens=len(prompt.ids),
             prefill_seconds=mid - start,
             decode_seconds=end - mid,
@@ -551,6 +552,13 @@ def _run_locked(
         log(
             f"warning: the draft's logits were NaN or infinite in some rounds of {len(nonfinite)}"
             f" records (e.g. {nonfinite[0]}); outputs stay exact but acceptance drops there"
+        )
+    zero = sorted(k for k, r in records.items() if r.get("zero_prob_draft_rounds"))
+    if zero:
+        log(
+            f"warning: {len(zero)} records (e.g. {zero[0]}) drafted tokens whose recorded draft "
+            "probability is 0; the verifiers rejected them, but this is a drafting bug: the law "
+            "a token is drawn from and the law recorded for it disagree"
         )
     summary = report.summarize(config, specs, prompts, records, bundle)
     summary["wall_seconds_this_invocation"] = time.perf_counter() - start

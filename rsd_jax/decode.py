@@ -53,6 +53,11 @@ class Counters(NamedTuple):
         emits nothing and stops its row (the drivers then raise, naming it).
       nonfinite_draft: rounds whose draft logits held a NaN or an infinity (still exact:
         any draft law is, but acceptance suffers; reports warn).
+      zero_prob_draft: rounds in which a drafted node's recorded draft probability was 0.
+        The verifiers reject such nodes (fail closed: a token the draft law never
+        proposes cannot be checked against it). A correct engine never drafts one, so a
+        non-zero count means the law a token was drawn from and the law recorded for it
+        disagree; reports warn.
       probes: :class:`rsd_jax.probes.RoundProbes` summed over rounds (zeros
         unless the engine was built with ``probes=True``).
     """
@@ -64,6 +69,7 @@ class Counters(NamedTuple):
     nodes_scored: Array
     nonfinite_target: Array
     nonfinite_draft: Array
+    zero_prob_draft: Array
     probes: probe_lib.RoundProbes
 
 
@@ -226,14 +232,16 @@ class Engine:
         )
 
     def commit(
-        self, state: DecodeState, res, target_cache, draft_cache, target_ok=None, draft_ok=None
-    ) -> DecodeState:
+        self, state: DecodeState, res, target_cache, draft_cache, target_ok=None, draft_ok=None,
+        zero_draft=None,
+    ) -> DecodeState:  # fmt: skip
         """Phase 4: moves the accepted nodes' KV to slots ``n+1 ..`` in both caches, appends
         the emitted tokens, and counts the round (finished rows change nothing).
 
         A row whose target logits were not all finite (``target_ok`` False) emits nothing,
         is stopped and counted in ``nonfinite_target``: its law is undefined, so no token
-        may come out of it. ``draft_ok`` False is only counted.
+        may come out of it. ``draft_ok`` False and ``zero_draft`` True (a drafted node of
+        recorded probability 0, see `zero_prob_nodes`) are only counted.
         """
         spec = self.method.spec
         rows, n = jnp.arange(state.length.shape[0]), state.length
@@ -264,6 +272,8 @@ class Engine:
             nonfinite_target=c.nonfinite_target + broken.astype(jnp.int32),
             nonfinite_draft=c.nonfinite_draft
             + (0 if draft_ok is None else (active & ~draft_ok).astype(jnp.int32)),
+            zero_prob_draft=c.zero_prob_draft
+            + (0 if zero_draft is None else (active & zero_draft).astype(jnp.int32)),
         )
         finished = ok & (res.hit_eos | (generated >= state.max_new))
         done = state.done | finished | broken
@@ -303,7 +313,18 @@ class Engine:
         res = self.verify(k_verify, tree, target_probs, draft_probs)
         if self.probes and self.method.spec.depth > 0:
             state = self.add_probes(state, tree, target_probs, draft_probs, res)
-        return self.commit(state, res, target_cache, draft_cache, target_ok, draft_ok)
+        zero = zero_prob_nodes(tree, draft_probs) if self.method.spec.depth > 0 else None
+        return self.commit(state, res, target_cache, draft_cache, target_ok, draft_ok, zero)
+
+
+def zero_prob_nodes(tree, draft_probs: Array) -> Array:
+    """``[B]``: whether a valid drafted node's token has recorded probability 0 under its
+    parent's draft law (``draft_probs [B, N+1, V]`` by slot; the tree's arrays ``[B, N+1]``)."""
+    parents = jnp.maximum(tree.parents, 0)
+    laws = jnp.take_along_axis(draft_probs, parents[:, :, None], axis=1)  # [B, N+1, V]
+    p = jnp.take_along_axis(laws, tree.tokens[:, :, None], axis=2)[..., 0]  # [B, N+1]
+    child = tree.valid & (tree.parents >= 0)
+    return jnp.any(child & (p <= 0), axis=1)
 
 
 def _finite_rows(logits: Array) -> Array:

@@ -225,6 +225,7 @@ def init_state(
             nodes_scored=zeros(),
             nonfinite_target=zeros(),
             nonfinite_draft=zeros(),
+            zero_prob_draft=zeros(),
             probes=probe_lib.zeros(engine.method.spec, batch),
         ),
         temperature=jnp.float32(sampling.temperature),

@@ -264,6 +264,37 @@ def test_nonfinite_draft_logits_are_counted_and_output_stays_exact():
     assert c.nonfinite_draft[0] == c.target_calls[0] > 0 and c.nonfinite_draft[1] == 0
 
 
+def test_drafted_tokens_of_recorded_probability_zero_are_rejected_and_counted(monkeypatch):
+    """Fault injection: the law recorded for row 0's drafted tokens says they were
+    impossible. Verification must reject them (fail closed) and count the rounds; the
+    greedy output is still AR's, and the healthy row is untouched."""
+    target, draft, _ = _models()
+    prompts = [[1, 2, 3], [0, 3]]
+    key = jax.random.PRNGKey(0)
+    ref = gen.generate(target, None, prompts, "ar", key=key, max_new_tokens=8, sampling=GREEDY)
+    honest = decode.Engine.draft
+
+    def mislabelled(self, state, draft_params, keys):
+        tree, probs, cache, ok = honest(self, state, draft_params, keys)
+        parents = jnp.maximum(tree.parents[0, 1:], 0)
+        return tree, probs.at[0, parents, tree.tokens[0, 1:]].set(0.0), cache, ok
+
+    monkeypatch.setattr(decode.Engine, "draft", mislabelled)
+    gen.jitted_step.cache_clear()  # steps compiled with the honest draft must not be reused
+    gen._loop_fn.cache_clear()
+    try:
+        out = gen.generate(target, draft, prompts, "sd:2", key=key, max_new_tokens=8,
+                           sampling=GREEDY)  # fmt: skip
+    finally:
+        gen.jitted_step.cache_clear()
+        gen._loop_fn.cache_clear()
+    assert out.tokens == ref.tokens
+    c = out.counters
+    assert c.zero_prob_draft[0] == c.target_calls[0] > 0 and c.zero_prob_draft[1] == 0
+    assert c.accepted_hist[0, 1:].sum() == 0  # nothing of row 0 was accepted
+    assert c.accepted_hist[1, 1:].sum() > 0
+
+
 TEMPERED = transforms.SamplingParams(temperature=0.7, top_p=0.8)
 
 
