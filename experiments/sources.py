@@ -121,7 +121,8 @@ def real_models(config) -> Bundle:
     target = loading.load_model(config.target, **kw)
     draft = loading.load_model(config.draft, **kw)
     loading.check_compatible(draft, target)
-    if config.draft_vocab:
+    if config.draft_vocab and not draft.config.head_vocab:
+        # A draft exported with its own restricted head (e.g. by the distill job) keeps it.
         ids = draft_vocab_ids(draft.tokenizer, draft.config.valid_vocab_size, config.draft_vocab)
         draft = draft_vocab.restrict_head(draft, ids)
     tok = target.tokenizer
