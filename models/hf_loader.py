@@ -1,8 +1,9 @@
 """Load (and save, for tests and export) Hugging Face style safetensors directories.
 
 A directory holds `config.json` and `model.safetensors`, or shards listed in
-`model.safetensors.index.json`. Tensor names follow transformers' Llama/Qwen2 layout
-(`model.layers.N.self_attn.q_proj.weight`, ...), weights (out, in); RoPE is rotate-half.
+`model.safetensors.index.json`. Tensor names follow transformers' layout of each family
+(`model.layers.N.self_attn.q_proj.weight`, ...; OPT's `model.decoder.layers.N...`), weights
+(out, in); RoPE is rotate-half.
 """
 
 from __future__ import annotations
@@ -43,16 +44,53 @@ _TOP = {
     "model.norm.weight": "final_norm/scale",
     "lm_head.weight": "lm_head/kernel",
 }
+# Gemma 2/3 differ in norms only: `post_attention_layernorm` is the post-norm of the
+# attention output (llama's pre-MLP norm is `pre_feedforward_layernorm` there).
+_GEMMA_LAYER = _LAYER | {
+    "post_attention_layernorm.weight": "attn_post_norm/scale",
+    "pre_feedforward_layernorm.weight": "mlp_norm/scale",
+    "post_feedforward_layernorm.weight": "mlp_post_norm/scale",
+    "self_attn.q_norm.weight": "attn/q_norm/scale",
+    "self_attn.k_norm.weight": "attn/k_norm/scale",
+}
+_OPT_DENSE = {"self_attn.q_proj": "attn/q", "self_attn.k_proj": "attn/k",
+              "self_attn.v_proj": "attn/v", "self_attn.out_proj": "attn/o",
+              "fc1": "mlp/up", "fc2": "mlp/down"}  # fmt: skip
+_OPT_NORMS = {"self_attn_layer_norm": "attn_norm", "final_layer_norm": "mlp_norm"}
+_OPT_LAYER = (
+    {f"{hf}.weight": f"{ours}/kernel" for hf, ours in _OPT_DENSE.items()}
+    | {f"{hf}.weight": f"{ours}/scale" for hf, ours in _OPT_NORMS.items()}
+    | {f"{hf}.bias": f"{ours}/bias" for hf, ours in (_OPT_DENSE | _OPT_NORMS).items()}
+)
+_OPT_TOP = {
+    "model.decoder.embed_tokens.weight": "embed/embedding",
+    "model.decoder.embed_positions.weight": "pos_embed/embedding",
+    "model.decoder.final_layer_norm.weight": "final_norm/scale",
+    "model.decoder.final_layer_norm.bias": "final_norm/bias",
+    "model.decoder.project_in.weight": "project_in/kernel",
+    "model.decoder.project_out.weight": "project_out/kernel",
+    "lm_head.weight": "lm_head/kernel",
+}
 
 
-def hf_to_param_name(name: str) -> str | None:
+def _names(arch: str) -> tuple[dict[str, str], str, dict[str, str]]:
+    """(top-level names, per-layer prefix, per-layer names) of `arch`'s checkpoints."""
+    if arch == "opt":
+        return _OPT_TOP, "model.decoder.layers.", _OPT_LAYER
+    if arch in ("gemma2", "gemma3_text"):
+        return _TOP, "model.layers.", _GEMMA_LAYER
+    return _TOP, "model.layers.", _LAYER
+
+
+def hf_to_param_name(name: str, arch: str = "llama") -> str | None:
     """'model.layers.3.mlp.up_proj.weight' -> 'layers_3/mlp/up/kernel' (None if unused)."""
-    if name in _TOP:
-        return _TOP[name]
-    if name.startswith("model.layers."):
-        layer, rest = name[len("model.layers.") :].split(".", 1)
-        if rest in _LAYER:
-            return f"layers_{int(layer)}/{_LAYER[rest]}"
+    top, prefix, per_layer = _names(arch)
+    if name in top:
+        return top[name]
+    if name.startswith(prefix):
+        layer, rest = name[len(prefix) :].split(".", 1)
+        if rest in per_layer:
+            return f"layers_{int(layer)}/{per_layer[rest]}"
     return None
 
 
@@ -112,7 +150,7 @@ def load_hf_dir(
         try:
             with safe_open(str(shard), "np") as f:
                 for name in f.keys():
-                    target = hf_to_param_name(name)
+                    target = hf_to_param_name(name, config.arch)
                     if target is None:
                         continue
                     w = np.asarray(f.get_tensor(name), np.float32)
