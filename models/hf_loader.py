@@ -170,11 +170,20 @@ def load_hf_dir(
     return config, build_params(list(flat), flat.pop, config.dtype, scan_layers)
 
 
+_HF_CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "opt": "OPTForCausalLM",
+}
+
+
 def hf_config_dict(config: config_lib.ModelConfig) -> dict:
     """The config.json transformers expects for `config` (rotate-half checkpoints only)."""
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[config.arch]
     out = {
-        "architectures": [arch],
+        "architectures": [_HF_CLASSES[config.arch]],
         "model_type": config.arch,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden,
@@ -193,8 +202,49 @@ def hf_config_dict(config: config_lib.ModelConfig) -> dict:
         "eos_token_id": config.eos_id,
         "pad_token_id": config.pad_id,
     }
-    if config.arch == "llama":
+    if config.arch in ("llama", "gemma2", "gemma3_text"):
         out["attention_bias"] = config.qkv_bias
+    elif config.arch == "mistral" and config.qkv_bias:
+        raise ValueError("mistral checkpoints have no q/k/v biases")
+    out |= _hf_family_dict(config)
+    if config.arch == "gemma3_text":  # its RoPE lives in rope_parameters only
+        del out["rope_theta"]
+    return out
+
+
+def _hf_family_dict(config: config_lib.ModelConfig) -> dict:
+    """The config.json entries of the family fields (inverse of config._hf_family)."""
+    out: dict = {}
+    if config.rope_scaling:
+        out["rope_scaling"] = dict(config.rope_scaling)
+    if config.sliding_window:
+        out["sliding_window"] = config.sliding_window
+    if config.layer_types:
+        out["layer_types"] = list(config.layer_types)
+    if config.arch in ("gemma2", "gemma3_text"):
+        out["hidden_activation"] = "gelu_pytorch_tanh"
+        scalar = round((config.attn_scale or config.head_dim**-0.5) ** -2, 6)
+        out["query_pre_attn_scalar"] = int(scalar) if scalar == int(scalar) else scalar
+        out["attn_logit_softcapping"] = config.attn_softcap or None
+        out["final_logit_softcapping"] = config.final_softcap or None
+    if config.arch == "gemma3_text":  # transformers 5: RoPE per layer type
+        full = {"rope_type": "default"} | dict(config.rope_scaling)
+        local = config.rope_local_theta or config.rope_theta
+        out["rope_parameters"] = {
+            "full_attention": full | {"rope_theta": config.rope_theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+        }
+        out.pop("rope_scaling", None)
+    if config.arch == "opt":
+        out |= dict(
+            ffn_dim=config.mlp_hidden,
+            do_layer_norm_before=config.pre_norm,
+            word_embed_proj_dim=config.embed_dim or config.hidden,
+            max_position_embeddings=config.learned_positions - 2,
+            activation_function="relu",
+            enable_bias=True,
+            layer_norm_elementwise_affine=True,
+        )
     return out
 
 
@@ -218,7 +268,10 @@ def save_hf_dir(
 
     if config.rope_layout != "rotate_half":
         raise ValueError("HF checkpoints use rotate-half RoPE; un-permute Q/K first")
-    inverse = {v: k for k, v in _TOP.items()}
+    top, prefix, per_layer = _names(config.arch)
+    inverse = {v: k for k, v in top.items()}
+    inverse_layer = {v: k for k, v in per_layer.items()}
+    hf_config = hf_config_dict(config) | {"torch_dtype": dtype}
     tensors = {}
     import ml_dtypes
 
@@ -229,11 +282,10 @@ def save_hf_dir(
             hf = inverse[name]
         else:
             layer, rest = name.split("/", 1)
-            hf = f"model.layers.{layer.split('_')[1]}." + {v: k for k, v in _LAYER.items()}[rest]
+            hf = f"{prefix}{layer.split('_')[1]}.{inverse_layer[rest]}"
         tensors[hf] = np.ascontiguousarray(w.T) if name.endswith("kernel") else w
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hf_config = hf_config_dict(config) | {"torch_dtype": dtype}
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
     if max_shard_bytes is None:
         save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})

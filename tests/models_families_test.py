@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import adapter, decoder, load_model, testing
+from models import adapter, decoder, hf_loader, load_model, testing
 from models.loading import LoadedModel
 from rsd_jax import generate as gen
 from rsd_jax import kv_cache, transforms
@@ -221,6 +221,24 @@ def test_scanned_layers_match_the_loop(built, name):
         mask = decoder.causal_mask(cache.index, 12, CAP)
         outs.append(decoder.forward(c, p, ids, jnp.arange(12)[None], mask, cache)[0])
     np.testing.assert_allclose(outs[1], outs[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_save_hf_dir_round_trip_and_transformers_reads_it(built, name, tmp_path):
+    """Our export reloads as the same config and params, and transformers reading it
+    computes the logits of the model it was made from."""
+    hf, ours = built(name)
+    hf_loader.save_hf_dir(ours.config, ours.params, tmp_path)
+    again = load_model(tmp_path)
+    assert again.config == ours.config
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(ours.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation="eager"
+    )
+    ids = _ids(np.random.default_rng(4), 12, ours.config.vocab_size)
+    ref = _hf_logits(hf, ids)
+    np.testing.assert_allclose(_hf_logits(theirs.float().eval(), ids), ref, atol=1e-6, rtol=0)
 
 
 def _tiny_windowed_pair():
