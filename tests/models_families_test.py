@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
-from models import adapter, decoder, hf_loader, load_model, testing
+from models import adapter, decoder, hf_loader, load_model, sharding, testing
 from models.loading import LoadedModel
 from rsd_jax import generate as gen
 from rsd_jax import kv_cache, transforms
@@ -239,6 +240,16 @@ def test_save_hf_dir_round_trip_and_transformers_reads_it(built, name, tmp_path)
     ids = _ids(np.random.default_rng(4), 12, ours.config.vocab_size)
     ref = _hf_logits(hf, ids)
     np.testing.assert_allclose(_hf_logits(theirs.float().eval(), ids), ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_parameter_has_a_partition_rule(built, name):
+    """Tensor parallelism: each family's params get specs (no rule would raise)."""
+    _, ours = built(name)
+    specs = sharding.param_specs(ours.params, ours.config, model=2)
+    specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+    assert len(specs) == len(jax.tree.leaves(ours.params))
+    assert all(isinstance(spec, P) for spec in specs)
 
 
 def _tiny_windowed_pair():
