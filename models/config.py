@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma2", "gemma3_text", "opt")
 GGUF_ARCHITECTURES = ("llama", "qwen2")  # the GGUF loader reads llama's tensor names only
 ROPE_LAYOUTS = ("interleaved", "rotate_half")
 DTYPES = ("float32", "bfloat16")
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 NORMS = ("rms", "rms_plus_one", "layer")
 MLPS = ("swiglu", "geglu_tanh", "relu")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -298,16 +299,42 @@ def _hf_rope(cfg: Mapping[str, Any]) -> tuple[float, tuple, float]:
         raise ValueError(
             f"RoPE scaling {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
         )
-    keep = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
-    pairs = ()
-    if kind != "default":
-        pairs = {k: float(scaling[k]) for k in keep[kind]} | {"rope_type": kind}
-        if kind == "llama3":
-            pairs["original_max_position_embeddings"] = int(
-                scaling["original_max_position_embeddings"]
-            )
-        pairs = tuple(pairs.items())
-    return float(theta), pairs, local_theta
+    if kind == "default":
+        return float(theta), (), local_theta
+    out: dict[str, Any] = {"rope_type": kind}
+    if kind in ("llama3", "yarn"):  # transformers falls back to max_position_embeddings
+        original = scaling.get("original_max_position_embeddings")
+        out["original_max_position_embeddings"] = int(original or cfg["max_position_embeddings"])
+    if kind == "llama3":
+        out |= {k: float(scaling[k]) for k in ("low_freq_factor", "high_freq_factor")}
+    if kind == "yarn":
+        out |= _yarn(scaling, cfg, out["original_max_position_embeddings"])
+    else:
+        out["factor"] = float(scaling["factor"])
+    return float(theta), tuple(out.items()), local_theta
+
+
+def _yarn(scaling: Mapping[str, Any], cfg: Mapping[str, Any], original: int) -> dict[str, Any]:
+    """YaRN's parameters with transformers' defaults resolved, attention_factor included."""
+    if float(scaling.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError("RoPE scaling 'yarn' with partial_rotary_factor is not supported")
+    factor = scaling.get("factor") or cfg["max_position_embeddings"] / original
+    factor = float(factor)
+
+    def mscale(scale):  # YaRN's attention temperature
+        return 1.0 if factor <= 1 else 0.1 * scale * math.log(factor) + 1.0
+
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention = mscale(m) / mscale(m_all) if m and m_all else mscale(1.0)
+    return dict(
+        factor=factor,
+        attention_factor=float(attention),
+        beta_fast=float(scaling.get("beta_fast") or 32),
+        beta_slow=float(scaling.get("beta_slow") or 1),
+        truncate=bool(scaling.get("truncate", True)),
+    )
 
 
 def _hf_family(arch: str, cfg: Mapping[str, Any]) -> dict[str, Any]:

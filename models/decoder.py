@@ -157,15 +157,37 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: tuple = ()) -> np.ndarra
         out = np.where(wavelen > old / low, inv_freq / factor, inv_freq)
         medium = (wavelen >= old / high) & (wavelen <= old / low)
         return np.where(medium, blended, out)
+    if kind == "yarn":
+        # Per frequency, blend the original (extrapolated) and the factor-scaled
+        # (interpolated) value by a ramp over the dimensions whose number of rotations
+        # within original_max lies between beta_slow and beta_fast.
+        def dim_of(rotations):
+            old = s["original_max_position_embeddings"]
+            return head_dim * np.log(old / (rotations * 2 * np.pi)) / (2 * np.log(theta))
+
+        low, high = dim_of(s["beta_fast"]), dim_of(s["beta_slow"])
+        if s["truncate"]:
+            low, high = np.floor(low), np.ceil(high)
+        low, high = max(low, 0), min(high, head_dim - 1)
+        high = high + 0.001 if low == high else high
+        ramp = np.clip((np.arange(head_dim // 2) - low) / (high - low), 0, 1)
+        keep = 1 - ramp  # weight of the original frequency
+        return inv_freq / s["factor"] * (1 - keep) + inv_freq * keep
     if kind != "default":
         raise ValueError(f"RoPE scaling {kind!r} is not supported")
     return inv_freq
 
 
 def rope_angles(positions: jax.Array, head_dim: int, theta: float, scaling: tuple = ()):
-    """Returns (sin, cos), each [B, T, E/2] float32, for integer positions [B, T]."""
+    """Returns (sin, cos), each [B, T, E/2] float32, for integer positions [B, T].
+
+    Both are multiplied by YaRN's attention_factor when `scaling` has one.
+    """
     inv_freq = rope_inv_freq(head_dim, theta, scaling)
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    gain = dict(scaling).get("attention_factor", 1.0)
+    if gain != 1.0:
+        return gain * jnp.sin(angles), gain * jnp.cos(angles)
     return jnp.sin(angles), jnp.cos(angles)
 
 

@@ -71,6 +71,13 @@ CASES = {
         "LlamaConfig",
         SMALL | dict(rope_scaling=dict(rope_type="linear", factor=2.0), tie_word_embeddings=True),
     ),
+    "llama-yarn": (
+        "LlamaConfig",
+        SMALL
+        | dict(
+            rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=32)
+        ),
+    ),  # fmt: skip
     "mistral-window": ("MistralConfig", SMALL | dict(sliding_window=WINDOW)),
     "gemma2-softcap": (
         "Gemma2Config",
