@@ -20,7 +20,10 @@ this module with the reason; in CI (CI=true) it is an error.
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -295,3 +298,18 @@ def test_greedy_engine_on_a_window_shorter_than_prompt_plus_tree_equals_ar(metho
     ref = gen.generate(target, None, prompts, "ar", **kw)
     out = gen.generate(target, draft, prompts, method, **kw)
     assert out.tokens == ref.tokens
+
+
+def test_windowed_models_on_meshes_equal_one_device():
+    """tests/families_mesh_check.py in its own 8-device process: a scanned Gemma-3-like
+    target and a Mistral-like draft (window 3) decode the same tokens on 2x4 and 8x1 meshes
+    as on one device, greedy and sampled with the same keys."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.families_mesh_check"],
+        capture_output=True, text=True, env=env, timeout=900,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result and all(result.values()), result
