@@ -133,7 +133,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: tuple = ()) -> np.ndarray:
-    """[E/2] float64 inverse frequencies, with HF's 'linear' or 'llama3' scaling applied.
+    """[E/2] float64 inverse frequencies, with HF's 'linear', 'llama3' or 'yarn' scaling.
 
     Args:
       head_dim: E.
