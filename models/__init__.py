@@ -1,4 +1,4 @@
-"""Models: configs, a Flax llama/qwen2 decoder with an explicit KV cache, loaders, tokenizers.
+"""Models: configs, a Flax decoder (llama and its variants) with a KV cache, loaders, tokenizers.
 
 The public entry points are re-exported here; see each module for details. Presets are
 prepared with `python -m models.prepare NAME ...` (models/prepare.py; in Python:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from models.errors import UnknownArchitectureError
 
-ARCHITECTURES = ("llama", "qwen2")
+ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma2", "gemma3_text", "opt")
+GGUF_ARCHITECTURES = ("llama", "qwen2")  # the GGUF loader reads llama's tensor names only
 ROPE_LAYOUTS = ("interleaved", "rotate_half")
 DTYPES = ("float32", "bfloat16")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+NORMS = ("rms", "rms_plus_one", "layer")
+MLPS = ("swiglu", "geglu_tanh", "relu")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 # GGUF token types (llama.cpp `llama_token_type`): 5 marks unused/padding ids.
 _GGUF_TOKEN_UNUSED = 5
@@ -19,10 +25,14 @@ _GGUF_TOKEN_UNUSED = 5
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Hyperparameters of a llama/qwen2 decoder; hashable, so usable as a jit static argument.
+    """Hyperparameters of a decoder; hashable, so usable as a jit static argument.
+
+    The fields before `dtype` describe a llama block; the families (mistral, gemma2,
+    gemma3_text, opt) are llama plus the differences declared by the fields after
+    `head_vocab`, whose defaults are llama's.
 
     Attributes:
-      arch: 'llama' or 'qwen2'.
+      arch: the family, one of ARCHITECTURES (HF `model_type` names).
       vocab_size: rows of the embedding / output head (V).
       valid_vocab_size: ids >= this are padding and get logit -1e30 (probability 0).
       hidden: model width (D).
@@ -31,8 +41,8 @@ class ModelConfig:
       kv_heads: key/value heads (grouped-query attention, H % kv_heads == 0).
       head_dim: per-head width.
       mlp_hidden: SwiGLU inner width.
-      rms_eps: RMSNorm epsilon.
-      rope_theta: RoPE base frequency.
+      rms_eps: epsilon of every norm (RMSNorm or LayerNorm).
+      rope_theta: RoPE base frequency (of the full-attention layers where they differ).
       rope_layout: 'interleaved' (GPT-J pairs 2i/2i+1; llama-arch GGUF, whose converter
         permutes Q/K rows) or 'rotate_half' (pairs i/i+head_dim/2; HF and qwen2 GGUF).
       qkv_bias: whether q/k/v projections have biases (qwen2).
@@ -51,6 +61,35 @@ class ModelConfig:
         params (see `models.draft_vocab`): every other id gets logit -1e30. For drafts
         only: any draft law keeps speculative decoding lossless, and the head of a small
         model with a large vocabulary is a large share of its weights.
+      rope_scaling: sorted (key, value) pairs of HF's RoPE scaling of the full-attention
+        layers, e.g. (('factor', 8.0), ('high_freq_factor', 4.0), ('low_freq_factor', 1.0),
+        ('original_max_position_embeddings', 8192), ('rope_type', 'llama3')); () for none.
+        Types: ROPE_TYPES.
+      rope_local_theta: RoPE base of the sliding-window layers (Gemma 3), unscaled; 0 uses
+        rope_theta and rope_scaling.
+      sliding_window: 0, or the attention window W in token positions: a query at position
+        p sees a key at position q only if p - q < W (transformers' convention).
+      layer_types: per layer, 'full_attention' or 'sliding_attention'; () means every
+        layer slides when sliding_window > 0 (Mistral), none otherwise.
+      norm: 'rms', 'rms_plus_one' (RMSNorm scaled by 1 + weight, Gemma) or 'layer'
+        (LayerNorm with bias, OPT).
+      post_norms: extra norms on the attention and MLP outputs before each residual add
+        (Gemma 2/3: `attn_post_norm`, `mlp_post_norm`).
+      pre_norm: False puts the norms after each residual add and drops the final norm (OPT
+        with do_layer_norm_before=False).
+      qk_norm: per-head RMSNorm of queries and keys before RoPE (Gemma 3).
+      mlp: 'swiglu' (silu(gate)*up), 'geglu_tanh' (tanh-approximate gelu(gate)*up) or
+        'relu' (up, relu, down; no gate).
+      dense_bias: the attention output and MLP projections have biases (OPT).
+      embed_scale: multiply the token embeddings by sqrt(hidden), rounded to the model
+        dtype as transformers does (Gemma).
+      attn_scale: query scale; 0 means head_dim ** -0.5 (Gemma: query_pre_attn_scalar**-0.5).
+      attn_softcap: 0, or c: attention scores become c * tanh(scores / c) (Gemma 2).
+      final_softcap: 0, or c: the same on the output logits (Gemma 2).
+      learned_positions: 0 for RoPE, or the rows of a learned position table (OPT), which
+        position p reads at row p + 2 (OPT's offset); no RoPE then.
+      embed_dim: 0, or the width of the token embeddings when it differs from hidden
+        (OPT's word_embed_proj_dim, with `project_in`/`project_out` around the blocks).
     """
 
     arch: str
@@ -75,8 +114,30 @@ class ModelConfig:
     max_positions: int = 0
     name: str = ""
     head_vocab: int = 0
+    rope_scaling: tuple = ()
+    rope_local_theta: float = 0.0
+    sliding_window: int = 0
+    layer_types: tuple = ()
+    norm: str = "rms"
+    post_norms: bool = False
+    pre_norm: bool = True
+    qk_norm: bool = False
+    mlp: str = "swiglu"
+    dense_bias: bool = False
+    embed_scale: bool = False
+    attn_scale: float = 0.0
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    learned_positions: int = 0
+    embed_dim: int = 0
 
     def __post_init__(self):
+        # JSON gives lists; keep the config hashable.
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(
+            self, "rope_scaling", tuple(sorted((str(k), v) for k, v in self.rope_scaling))
+        )
+        self._check_families()
         if self.arch not in ARCHITECTURES:
             raise UnknownArchitectureError(
                 f"unknown architecture {self.arch!r}; supported: {', '.join(ARCHITECTURES)}"
@@ -98,6 +159,32 @@ class ModelConfig:
                 f"valid_vocab_size={self.valid_vocab_size} not in (0, {self.vocab_size}]"
             )
 
+    def _check_families(self):
+        kind = dict(self.rope_scaling).get("rope_type", "default")
+        if kind not in ROPE_TYPES:
+            raise ValueError(f"RoPE scaling {kind!r} is not supported; supported: {ROPE_TYPES}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm {self.norm!r} not in {NORMS}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"mlp {self.mlp!r} not in {MLPS}")
+        if self.layer_types and len(self.layer_types) != self.layers:
+            raise ValueError(f"{len(self.layer_types)} layer_types for {self.layers} layers")
+        if not set(self.layer_types) <= set(LAYER_TYPES):
+            raise ValueError(f"layer_types {set(self.layer_types)} not all in {LAYER_TYPES}")
+        if "sliding_attention" in self.layer_types and self.sliding_window <= 0:
+            raise ValueError("sliding_attention layers need sliding_window > 0")
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether `layer` attends only within `sliding_window` positions."""
+        if self.layer_types:
+            return self.layer_types[layer] == "sliding_attention"
+        return self.sliding_window > 0
+
+    @property
+    def mixed_layers(self) -> bool:
+        """Whether layers differ in window or RoPE base (a scan then selects per layer)."""
+        return len({self.is_sliding(i) for i in range(self.layers)}) > 1
+
     def replace(self, **changes) -> ModelConfig:
         """Returns a copy with `changes` applied (e.g. `dtype='bfloat16'`)."""
         return dataclasses.replace(self, **changes)
@@ -107,11 +194,19 @@ class ModelConfig:
         left out, so converted caches and experiment workdirs do not depend on it."""
         fields = dataclasses.asdict(self)
         del fields["scan_layers"]
+        # Family fields at their (llama) defaults are left out, so a llama/qwen2 model keeps
+        # the identity it had before they existed.
+        for f in dataclasses.fields(self)[dataclasses.fields(self).index(_FIRST_FAMILY) :]:
+            if fields[f.name] == f.default:
+                del fields[f.name]
         return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls(**json.loads(text))
+
+
+_FIRST_FAMILY = next(f for f in dataclasses.fields(ModelConfig) if f.name == "rope_scaling")
 
 
 def from_gguf_metadata(
@@ -131,9 +226,10 @@ def from_gguf_metadata(
       UnknownArchitectureError: the architecture is not llama or qwen2.
     """
     arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
+    if arch not in GGUF_ARCHITECTURES:
         raise UnknownArchitectureError(
-            f"unknown architecture {arch!r} in GGUF metadata; supported: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture {arch!r} in GGUF metadata; supported: "
+            f"{', '.join(GGUF_ARCHITECTURES)} (the other families load from HF directories)"
         )
 
     def get(key, default=None):
@@ -180,19 +276,126 @@ def from_gguf_metadata(
     )
 
 
+def _hf_rope(cfg: Mapping[str, Any]) -> tuple[float, tuple, float]:
+    """(rope_theta, rope_scaling pairs of the full layers, rope_local_theta) of a config.json.
+
+    Reads transformers 4's `rope_theta` + `rope_scaling` and transformers 5's
+    `rope_parameters` (flat, or keyed by layer type as Gemma 3 writes it).
+    """
+    params = dict(cfg.get("rope_parameters") or {})
+    local_theta = float(cfg.get("rope_local_base_freq") or 0.0)
+    if "full_attention" in params or "sliding_attention" in params:
+        local = dict(params.get("sliding_attention") or {})
+        if local.get("rope_type", "default") != "default":
+            raise ValueError(
+                f"RoPE scaling {local.get('rope_type')!r} of sliding layers is not supported"
+            )
+        local_theta = float(local.get("rope_theta") or local_theta)
+        params = dict(params.get("full_attention") or {})
+    scaling = dict(cfg.get("rope_scaling") or {}) or params
+    theta = cfg.get("rope_theta") or params.get("rope_theta") or 10000.0
+    kind = scaling.get("rope_type", scaling.get("type")) or "default"
+    if kind not in ROPE_TYPES:
+        raise ValueError(
+            f"RoPE scaling {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+        )
+    if kind == "default":
+        return float(theta), (), local_theta
+    out: dict[str, Any] = {"rope_type": kind}
+    if kind in ("llama3", "yarn"):  # transformers falls back to max_position_embeddings
+        original = scaling.get("original_max_position_embeddings")
+        out["original_max_position_embeddings"] = int(original or cfg["max_position_embeddings"])
+    if kind == "llama3":
+        out |= {k: float(scaling[k]) for k in ("low_freq_factor", "high_freq_factor")}
+    if kind == "yarn":
+        out |= _yarn(scaling, cfg, out["original_max_position_embeddings"])
+    else:
+        out["factor"] = float(scaling["factor"])
+    return float(theta), tuple(out.items()), local_theta
+
+
+def _yarn(scaling: Mapping[str, Any], cfg: Mapping[str, Any], original: int) -> dict[str, Any]:
+    """YaRN's parameters with transformers' defaults resolved, attention_factor included."""
+    if float(scaling.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError("RoPE scaling 'yarn' with partial_rotary_factor is not supported")
+    factor = scaling.get("factor") or cfg["max_position_embeddings"] / original
+    factor = float(factor)
+
+    def mscale(scale):  # YaRN's attention temperature
+        return 1.0 if factor <= 1 else 0.1 * scale * math.log(factor) + 1.0
+
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention = mscale(m) / mscale(m_all) if m and m_all else mscale(1.0)
+    return dict(
+        factor=factor,
+        attention_factor=float(attention),
+        beta_fast=float(scaling.get("beta_fast") or 32),
+        beta_slow=float(scaling.get("beta_slow") or 1),
+        truncate=bool(scaling.get("truncate", True)),
+    )
+
+
+def _hf_family(arch: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The family fields (see ModelConfig) of a config.json, beyond llama's."""
+    out: dict[str, Any] = {}
+    window = cfg.get("sliding_window")
+    types = cfg.get("layer_types")
+    if types and "sliding_attention" in types:  # transformers 5 lists them (qwen2, mistral)
+        out |= dict(layer_types=tuple(types), sliding_window=int(window))
+    elif arch == "mistral" and window:
+        out["sliding_window"] = int(window)
+    elif arch == "qwen2" and cfg.get("use_sliding_window") and not types:
+        raise ValueError("qwen2 use_sliding_window without layer_types is not supported")
+    if arch in ("gemma2", "gemma3_text"):
+        if not types:  # older configs: every `pattern`-th layer is global
+            pattern = int(cfg.get("sliding_window_pattern") or 2)
+            n = int(cfg["num_hidden_layers"])
+            types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                     for i in range(n)]  # fmt: skip
+        if "sliding_attention" in types:
+            out["sliding_window"] = int(window)
+        out |= dict(layer_types=tuple(types), norm="rms_plus_one", post_norms=True)
+        out |= dict(mlp="geglu_tanh", embed_scale=True)
+        scalar = cfg.get("query_pre_attn_scalar")
+        out["attn_scale"] = float(scalar) ** -0.5 if scalar else 0.0
+        out["attn_softcap"] = float(cfg.get("attn_logit_softcapping") or 0.0)
+        out["final_softcap"] = float(cfg.get("final_logit_softcapping") or 0.0)
+        out["qk_norm"] = arch == "gemma3_text"
+        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+        if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+            raise ValueError(f"{arch} activation {act!r} is not supported (gelu_pytorch_tanh)")
+    if arch == "opt":
+        if cfg.get("activation_function", "relu") != "relu":
+            raise ValueError(f"OPT activation {cfg['activation_function']!r} unsupported (relu)")
+        if not cfg.get("enable_bias", True) or not cfg.get("layer_norm_elementwise_affine", True):
+            raise ValueError("OPT without biases or without norm weights is not supported")
+        hidden = int(cfg["hidden_size"])
+        proj = int(cfg.get("word_embed_proj_dim") or hidden)
+        out |= dict(norm="layer", mlp="relu", dense_bias=True)
+        out |= dict(learned_positions=int(cfg["max_position_embeddings"]) + 2)
+        out |= dict(pre_norm=bool(cfg.get("do_layer_norm_before", True)))
+        out["embed_dim"] = 0 if proj == hidden else proj
+        if cfg.get("_remove_final_layer_norm"):
+            raise ValueError("OPT with _remove_final_layer_norm is not supported")
+    return out
+
+
 def from_hf_config(cfg: Mapping[str, Any], valid_vocab_size: int | None = None) -> ModelConfig:
-    """Builds a config from a Hugging Face `config.json` dict (llama or qwen2 models).
+    """Builds a config from a Hugging Face `config.json` dict.
 
     Args:
-      cfg: the parsed config.json.
+      cfg: the parsed config.json (model_type llama, qwen2, mistral, gemma2, gemma3_text or
+        opt).
       valid_vocab_size: number of ids the tokenizer can produce, if known.
 
     Returns:
       The ModelConfig (rotate-half RoPE, as HF checkpoints store unpermuted Q/K).
 
     Raises:
-      UnknownArchitectureError: `model_type` is not llama or qwen2.
-      ValueError: unsupported RoPE scaling.
+      UnknownArchitectureError: another `model_type`.
+      ValueError: an unsupported variant (RoPE scaling type, activation, ...), named.
     """
     arch = cfg.get("model_type")
     if arch not in ARCHITECTURES:
@@ -200,12 +403,7 @@ def from_hf_config(cfg: Mapping[str, Any], valid_vocab_size: int | None = None) 
             f"unknown architecture {arch!r} (config.json model_type, architectures="
             f"{cfg.get('architectures')}); supported: {', '.join(ARCHITECTURES)}"
         )
-    rope = cfg.get("rope_scaling") or {}
-    rope_params = cfg.get("rope_parameters") or {}
-    kind = rope.get("rope_type", rope.get("type")) or rope_params.get("rope_type", "default")
-    if kind not in ("default", None):
-        raise ValueError(f"RoPE scaling {kind!r} is not supported")
-    theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+    theta, scaling, local_theta = (10000.0, (), 0.0) if arch == "opt" else _hf_rope(cfg)
     hidden = int(cfg["hidden_size"])
     heads = int(cfg["num_attention_heads"])
     vocab = int(cfg["vocab_size"])
@@ -213,6 +411,8 @@ def from_hf_config(cfg: Mapping[str, Any], valid_vocab_size: int | None = None) 
     eos = eos[0] if isinstance(eos, list) else eos
     bos = cfg.get("bos_token_id", -1)
     pad = cfg.get("pad_token_id", eos)
+    mlp_hidden = cfg.get("ffn_dim") if arch == "opt" else cfg["intermediate_size"]
+    tied_default = arch in ("gemma2", "gemma3_text", "opt")
     return ModelConfig(
         arch=arch,
         vocab_size=vocab,
@@ -222,15 +422,18 @@ def from_hf_config(cfg: Mapping[str, Any], valid_vocab_size: int | None = None) 
         heads=heads,
         kv_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=int(cfg.get("head_dim") or hidden // heads),
-        mlp_hidden=int(cfg["intermediate_size"]),
-        rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(theta),
+        mlp_hidden=int(mlp_hidden),
+        rms_eps=float(cfg.get("rms_norm_eps", 1e-5 if arch == "opt" else 1e-6)),
+        rope_theta=theta,
         rope_layout="rotate_half",
-        qkv_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        qkv_bias=bool(cfg.get("attention_bias", arch in ("qwen2", "opt"))),
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", tied_default)),
         bos_id=-1 if bos is None else int(bos),
         eos_id=-1 if eos is None else int(eos),
         pad_id=-1 if pad is None else int(pad),
         max_positions=int(cfg.get("max_position_embeddings", 0)),
         name=str(cfg.get("_name_or_path", "")),
+        rope_scaling=scaling,
+        rope_local_theta=local_theta,
+        **_hf_family(arch, cfg),
     )

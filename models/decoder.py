@@ -1,4 +1,4 @@
-"""A Flax (linen) llama/qwen2 decoder with an explicit, fixed-capacity KV cache.
+"""A Flax (linen) decoder (llama and its declared variants) with an explicit KV cache.
 
 One forward signature serves every phase (prefill, one-token decode, tree scoring):
 
@@ -9,7 +9,9 @@ The T new keys/values of row b are written at cache slots index[b] .. index[b]+T
 index advances by T. `attention_mask[b, t, s]` says whether query t of row b may attend
 slot s *after* the write. Prefill is a causal mask over the written slots, decode is
 `slots < length`, and a draft tree is the prefix slots plus the node's ancestors and itself,
-with positions = prefix length + depth. The blocks run in an unrolled loop or, with
+with positions = prefix length + depth. The cache also keeps the position of every slot, so
+that sliding-window layers (`config.sliding_window`) can limit attention by token
+distance, which in a tree differs from slot distance. The blocks run in an unrolled loop or, with
 `config.scan_layers`, under one scan over params stacked by layer (see `LAYERS`).
 Letters: B batch, T new tokens, S cache capacity, D model width, H query heads, K kv heads,
 G = H // K, E head dim, V vocabulary.
@@ -39,6 +41,9 @@ class KVCache(NamedTuple):
     Attributes:
       k: [layers, B, S, K, E] keys (RoPE applied).
       v: [layers, B, S, K, E] values.
+      pos: [1, B, S] int32, the token position written at each slot (a leading unit layer
+        axis so that the generic cache operations of `rsd_jax.kv_cache` move it with the
+        keys). Read by sliding-window layers only; 4 bytes per slot.
       index: [B] int32, next write slot of each row.
 
     Size the capacity for the longest prompt plus generation plus one draft tree: inside
@@ -47,6 +52,7 @@ class KVCache(NamedTuple):
 
     k: jax.Array
     v: jax.Array
+    pos: jax.Array
     index: jax.Array
 
     @property
@@ -59,7 +65,10 @@ def init_cache(config: ModelConfig, batch: int, capacity: int, dtype=None) -> KV
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (config.layers, batch, capacity, config.kv_heads, config.head_dim)
     return KVCache(
-        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), index=jnp.zeros((batch,), jnp.int32)
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        pos=jnp.zeros((1, batch, capacity), jnp.int32),
+        index=jnp.zeros((batch,), jnp.int32),
     )
 
 
@@ -97,22 +106,98 @@ def check_capacity(cache: KVCache, num_new: int) -> None:
 
 
 class RMSNorm(nn.Module):
+    """Norm over the last axis, computed in float32; `kind` is a `config.NORMS` entry.
+
+    'rms' multiplies by `scale` (init 1), 'rms_plus_one' by 1 + `scale` (init 0, Gemma),
+    'layer' is LayerNorm (mean removed) with `scale` and `bias` (OPT).
+    """
+
     eps: float
     dtype: jnp.dtype
+    kind: str = "rms"
 
     @nn.compact
     def __call__(self, x):  # [..., D] -> [..., D]
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        init = nn.initializers.zeros if self.kind == "rms_plus_one" else nn.initializers.ones
+        scale = self.param("scale", init, (x.shape[-1],), self.dtype).astype(jnp.float32)
         x32 = x.astype(jnp.float32)
+        if self.kind == "layer":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+        if self.kind == "rms_plus_one":
+            return (x32 * (1.0 + scale)).astype(self.dtype)
+        x32 = x32 * scale
+        if self.kind == "layer":
+            x32 = x32 + self.param("bias", nn.initializers.zeros, scale.shape, self.dtype)
+        return x32.astype(self.dtype)
 
 
-def rope_angles(positions: jax.Array, head_dim: int, theta: float):
-    """Returns (sin, cos), each [B, T, E/2] float32, for integer positions [B, T]."""
+def rope_inv_freq(head_dim: int, theta: float, scaling: tuple = ()) -> np.ndarray:
+    """[E/2] float64 inverse frequencies, with HF's 'linear', 'llama3' or 'yarn' scaling.
+
+    Args:
+      head_dim: E.
+      theta: the RoPE base.
+      scaling: `ModelConfig.rope_scaling` pairs (() for none).
+    """
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    s = dict(scaling)
+    kind = s.get("rope_type", "default")
+    if kind == "linear":  # positions divided by the factor
+        return inv_freq / s["factor"]
+    if kind == "llama3":
+        # Wavelengths longer than original_max / low_freq_factor are stretched by `factor`,
+        # shorter than original_max / high_freq_factor kept, and those between blended
+        # linearly in original_max / wavelength.
+        factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old = s["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv_freq
+        smooth = (old / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        out = np.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        return np.where(medium, blended, out)
+    if kind == "yarn":
+        # Per frequency, blend the original (extrapolated) and the factor-scaled
+        # (interpolated) value by a ramp over the dimensions whose number of rotations
+        # within original_max lies between beta_slow and beta_fast.
+        def dim_of(rotations):
+            old = s["original_max_position_embeddings"]
+            return head_dim * np.log(old / (rotations * 2 * np.pi)) / (2 * np.log(theta))
+
+        low, high = dim_of(s["beta_fast"]), dim_of(s["beta_slow"])
+        if s["truncate"]:
+            low, high = np.floor(low), np.ceil(high)
+        low, high = max(low, 0), min(high, head_dim - 1)
+        high = high + 0.001 if low == high else high
+        ramp = np.clip((np.arange(head_dim // 2) - low) / (high - low), 0, 1)
+        keep = 1 - ramp  # weight of the original frequency
+        return inv_freq / s["factor"] * (1 - keep) + inv_freq * keep
+    if kind != "default":
+        raise ValueError(f"RoPE scaling {kind!r} is not supported")
+    return inv_freq
+
+
+def rope_angles(positions: jax.Array, head_dim: int, theta: float, scaling: tuple = ()):
+    """Returns (sin, cos), each [B, T, E/2] float32, for integer positions [B, T].
+
+    Both are multiplied by YaRN's attention_factor when `scaling` has one.
+    """
+    inv_freq = rope_inv_freq(head_dim, theta, scaling)
     angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+    gain = dict(scaling).get("attention_factor", 1.0)
+    if gain != 1.0:
+        return gain * jnp.sin(angles), gain * jnp.cos(angles)
     return jnp.sin(angles), jnp.cos(angles)
+
+
+def write_positions(pos: jax.Array, slots: jax.Array, positions: jax.Array) -> jax.Array:
+    """pos [1,B,S] with positions [B,T] written at slots [B,T] (out of range: dropped)."""
+
+    def row(p, s, n):  # [S], [T], [T]
+        return p.at[s].set(n.astype(p.dtype), mode="drop")
+
+    return jax.vmap(row)(pos[0], slots, positions)[None]
 
 
 def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array, layout: str) -> jax.Array:
@@ -149,7 +234,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, sin, cos, mask, k_all, v_all, layer, slots):
-        """x [B,T,D]; mask [B,T,S]; k_all/v_all [L,B,S,K,E]; slots [B,T] write indices."""
+        """x [B,T,D]; mask [B,T,S]; k_all/v_all [L,B,S,K,E]; slots [B,T] write indices.
+
+        sin/cos are None for a model without RoPE (learned positions)."""
         c = self.config
         dt = jnp.dtype(c.dtype)
         dense = functools.partial(nn.Dense, dtype=dt, param_dtype=dt)
@@ -157,8 +244,14 @@ class Attention(nn.Module):
         q = dense(c.heads * c.head_dim, use_bias=c.qkv_bias, name="q")(x)
         k = dense(c.kv_heads * c.head_dim, use_bias=c.qkv_bias, name="k")(x)
         v = dense(c.kv_heads * c.head_dim, use_bias=c.qkv_bias, name="v")(x)
-        q = apply_rope(q.reshape(b, t, c.heads, c.head_dim), sin, cos, c.rope_layout)
-        k = apply_rope(k.reshape(b, t, c.kv_heads, c.head_dim), sin, cos, c.rope_layout)
+        q = q.reshape(b, t, c.heads, c.head_dim)
+        k = k.reshape(b, t, c.kv_heads, c.head_dim)
+        if c.qk_norm:
+            q = RMSNorm(c.rms_eps, dt, c.norm, name="q_norm")(q)
+            k = RMSNorm(c.rms_eps, dt, c.norm, name="k_norm")(k)
+        if sin is not None:
+            q = apply_rope(q, sin, cos, c.rope_layout)
+            k = apply_rope(k, sin, cos, c.rope_layout)
         v = v.reshape(b, t, c.kv_heads, c.head_dim)
         # Eager callers get PromptTooLongError before an out-of-range write.
         k_all = write_rows(k_all, layer, slots, k)
@@ -167,11 +260,13 @@ class Attention(nn.Module):
         g = c.heads // c.kv_heads
         q = q.reshape(b, t, c.kv_heads, g, c.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
-        scores = scores * (1.0 / np.sqrt(c.head_dim))
+        scores = scores * (c.attn_scale or 1.0 / np.sqrt(c.head_dim))
+        if c.attn_softcap:
+            scores = c.attn_softcap * jnp.tanh(scores / c.attn_softcap)
         scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)  # [B, K, G, T, S]
         out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(b, t, c.heads * c.head_dim)
-        return dense(c.hidden, use_bias=False, name="o")(out), k_all, v_all
+        return dense(c.hidden, use_bias=c.dense_bias, name="o")(out), k_all, v_all
 
 
 class MLP(nn.Module):
@@ -181,10 +276,16 @@ class MLP(nn.Module):
     def __call__(self, x):  # [B, T, D] -> [B, T, D]
         c = self.config
         dt = jnp.dtype(c.dtype)
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=dt, param_dtype=dt)
-        gate = dense(c.mlp_hidden, name="gate")(x)
+        dense = functools.partial(nn.Dense, use_bias=c.dense_bias, dtype=dt, param_dtype=dt)
         up = dense(c.mlp_hidden, name="up")(x)
-        return dense(c.hidden, name="down")(nn.silu(gate) * up)
+        if c.mlp == "relu":  # OPT: fc1 -> relu -> fc2
+            return dense(c.hidden, name="down")(nn.relu(up))
+        gate = dense(c.mlp_hidden, name="gate")(x)
+        if c.mlp == "geglu_tanh":
+            act = jax.nn.gelu(gate.astype(jnp.float32), approximate=True).astype(dt)
+        else:
+            act = nn.silu(gate)
+        return dense(c.hidden, name="down")(act * up)
 
 
 class Block(nn.Module):
@@ -193,18 +294,41 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, k_all, v_all, layer, sin, cos, mask, slots):
+    def __call__(self, x, k_all, v_all, sliding, layer, ropes, masks, slots):
         """x [B,T,D]; k_all/v_all [L,B,S,K,E], written at `layer`; the rest as in Attention.
+
+        `ropes` and `masks` are (full-attention, sliding-window) pairs of (sin, cos) and
+        [B,T,S] masks; `sliding` picks one: a Python bool, or a traced bool under a scan of
+        layers that differ (`config.mixed_layers`).
 
         Returns:
           (x after this block, (k_all, v_all)); a pair so that a scan can carry x and stack
           the caches.
         """
         c = self.config
-        h = RMSNorm(c.rms_eps, jnp.dtype(c.dtype), name="attn_norm")(x)
+        if not c.mixed_layers:
+            sliding = c.is_sliding(0)
+        if isinstance(sliding, bool):
+            (sin, cos), mask = ropes[sliding], masks[sliding]
+        else:
+            (sin, cos), mask = jax.tree.map(
+                lambda full, local: jnp.where(sliding, local, full),
+                (ropes[0], masks[0]), (ropes[1], masks[1]),
+            )  # fmt: skip
+        norm = functools.partial(RMSNorm, c.rms_eps, jnp.dtype(c.dtype), c.norm)
+        h = norm(name="attn_norm")(x) if c.pre_norm else x
         h, k_all, v_all = Attention(c, name="attn")(h, sin, cos, mask, k_all, v_all, layer, slots)
+        if c.post_norms:
+            h = norm(name="attn_post_norm")(h)
         x = x + h
-        x = x + MLP(c, name="mlp")(RMSNorm(c.rms_eps, jnp.dtype(c.dtype), name="mlp_norm")(x))
+        if not c.pre_norm:  # post-LN (OPT do_layer_norm_before=False)
+            x = norm(name="attn_norm")(x)
+        h = MLP(c, name="mlp")(norm(name="mlp_norm")(x) if c.pre_norm else x)
+        if c.post_norms:
+            h = norm(name="mlp_post_norm")(h)
+        x = x + h
+        if not c.pre_norm:
+            x = norm(name="mlp_norm")(x)
         return x, (k_all, v_all)
 
 
@@ -217,7 +341,7 @@ _ScannedBlocks = nn.scan(
     Block,
     variable_axes={"params": 0},
     split_rngs={"params": True},
-    in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+    in_axes=(0, 0, 0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
 )
 
 
@@ -231,39 +355,69 @@ class Decoder(nn.Module):
         c = self.config
         dt = jnp.dtype(c.dtype)
         t = tokens.shape[1]
-        embed = nn.Embed(c.vocab_size, c.hidden, dtype=dt, param_dtype=dt, name="embed")
-        x = embed(tokens)  # [B, T, D]
-        sin, cos = rope_angles(positions, c.head_dim, c.rope_theta)
+        width = c.embed_dim or c.hidden
+        embed = nn.Embed(c.vocab_size, width, dtype=dt, param_dtype=dt, name="embed")
+        x = embed(tokens)  # [B, T, D] (or [B, T, embed_dim])
+        if c.embed_scale:  # sqrt(D) rounded to the model dtype first, as transformers does
+            x = x * jnp.asarray(np.sqrt(c.hidden), dt)
+        if c.embed_dim:
+            x = nn.Dense(c.hidden, use_bias=False, dtype=dt, param_dtype=dt, name="project_in")(x)
         slots = cache.index[:, None] + jnp.arange(t)[None, :]  # [B, T]
+        pos_all = write_positions(cache.pos, slots, positions)  # [1, B, S]
+        if c.learned_positions:  # OPT: position p reads row p + 2; no RoPE
+            table = nn.Embed(
+                c.learned_positions, c.hidden, dtype=dt, param_dtype=dt, name="pos_embed"
+            )
+            x = x + table(positions + 2)
+            ropes = ((None, None), (None, None))
+        else:
+            full = rope_angles(positions, c.head_dim, c.rope_theta, c.rope_scaling)
+            local = full
+            if c.rope_local_theta:
+                local = rope_angles(positions, c.head_dim, c.rope_local_theta)
+            ropes = (full, local)
+        masks = (attention_mask, attention_mask)
+        if c.sliding_window:  # by token distance: tree slots are not in position order
+            near = positions[:, :, None] - pos_all[0][:, None, :] < c.sliding_window
+            masks = (attention_mask, attention_mask & near)
         k_all, v_all = cache.k, cache.v
         if c.scan_layers:
             # Each step gets its layer's slice as a one-layer cache [1, B, S, K, E] (layer 0)
             # and the scan stacks the written slices back.
+            sliding = jnp.asarray([c.is_sliding(i) for i in range(c.layers)])
             x, (k_all, v_all) = _ScannedBlocks(c, name=LAYERS)(
-                x, k_all[:, None], v_all[:, None], 0, sin, cos, attention_mask, slots
+                x, k_all[:, None], v_all[:, None], sliding, 0, ropes, masks, slots
             )
             k_all, v_all = k_all[:, 0], v_all[:, 0]
         else:
             for i in range(c.layers):
                 x, (k_all, v_all) = Block(c, name=f"{LAYERS}_{i}")(
-                    x, k_all, v_all, i, sin, cos, attention_mask, slots
+                    x, k_all, v_all, c.is_sliding(i), i, ropes, masks, slots
                 )
-        x = RMSNorm(c.rms_eps, dt, name="final_norm")(x)
+        if c.pre_norm:
+            x = RMSNorm(c.rms_eps, dt, c.norm, name="final_norm")(x)
+        if c.embed_dim:
+            x = nn.Dense(width, use_bias=False, dtype=dt, param_dtype=dt, name="project_out")(x)
+        new_cache = KVCache(k_all, v_all, pos_all, cache.index + t)
         # The head accumulates and returns float32 whatever the model dtype: acceptance
         # ratios q/p amplify the error of 8-bit-mantissa (bfloat16) logits.
         if c.head_vocab:  # a draft scoring only the ids in its params (models.draft_vocab)
             compact = Head(c.head_vocab, dt, name=HEAD)(x)  # [B, T, V']
+            if c.final_softcap:
+                compact = c.final_softcap * jnp.tanh(compact / c.final_softcap)
             ids = self.param(f"{HEAD}_ids", nn.initializers.zeros, (c.head_vocab,), jnp.int32)
             full = jnp.full(x.shape[:2] + (c.vocab_size,), MASK_VALUE, jnp.float32)
-            return full.at[:, :, ids].set(compact), KVCache(k_all, v_all, cache.index + t)
+            return full.at[:, :, ids].set(compact), new_cache
         if c.tied_embeddings:
             logits = _dot_f32(x, embed.embedding, "btd,vd->btv")
         else:
             logits = Head(c.vocab_size, dt, name="lm_head")(x)  # [B, T, V]
+        if c.final_softcap:
+            logits = c.final_softcap * jnp.tanh(logits / c.final_softcap)
         if c.valid_vocab_size < c.vocab_size:
             valid = jnp.arange(c.vocab_size) < c.valid_vocab_size
             logits = jnp.where(valid, logits, MASK_VALUE)
-        return logits, KVCache(k_all, v_all, cache.index + t)
+        return logits, new_cache
 
 
 # The restricted output head of a draft (`ModelConfig.head_vocab`): params `draft_head/kernel`

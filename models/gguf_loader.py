@@ -198,16 +198,11 @@ def convert_gguf(reader, meta) -> tuple[config_lib.ModelConfig, dict[str, np.nda
 
 
 def expected_param_names(config: config_lib.ModelConfig) -> set[str]:
-    """Flat names of every parameter the decoder needs for `config`."""
-    names = {"embed/embedding", "final_norm/scale"}
-    if not config.tied_embeddings:
-        names.add("lm_head/kernel")
-    for i in range(config.layers):
-        for path in _LAYER_NAMES.values():
-            if path[-1] == "bias" and not config.qkv_bias:
-                continue
-            names.add("/".join((f"layers_{i}",) + path))
-    return names
+    """Flat names of every parameter the decoder needs for `config` (one per layer, as in
+    checkpoints), read from the decoder's abstract initialisation."""
+    config = config.replace(scan_layers=False)
+    shapes = jax.eval_shape(lambda key: decoder.init_params(config, key), jax.random.key(0))
+    return set(flatten(shapes))
 
 
 def load_gguf(

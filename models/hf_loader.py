@@ -1,8 +1,9 @@
 """Load (and save, for tests and export) Hugging Face style safetensors directories.
 
 A directory holds `config.json` and `model.safetensors`, or shards listed in
-`model.safetensors.index.json`. Tensor names follow transformers' Llama/Qwen2 layout
-(`model.layers.N.self_attn.q_proj.weight`, ...), weights (out, in); RoPE is rotate-half.
+`model.safetensors.index.json`. Tensor names follow transformers' layout of each family
+(`model.layers.N.self_attn.q_proj.weight`, ...; OPT's `model.decoder.layers.N...`), weights
+(out, in); RoPE is rotate-half.
 """
 
 from __future__ import annotations
@@ -43,16 +44,53 @@ _TOP = {
     "model.norm.weight": "final_norm/scale",
     "lm_head.weight": "lm_head/kernel",
 }
+# Gemma 2/3 differ in norms only: `post_attention_layernorm` is the post-norm of the
+# attention output (llama's pre-MLP norm is `pre_feedforward_layernorm` there).
+_GEMMA_LAYER = _LAYER | {
+    "post_attention_layernorm.weight": "attn_post_norm/scale",
+    "pre_feedforward_layernorm.weight": "mlp_norm/scale",
+    "post_feedforward_layernorm.weight": "mlp_post_norm/scale",
+    "self_attn.q_norm.weight": "attn/q_norm/scale",
+    "self_attn.k_norm.weight": "attn/k_norm/scale",
+}
+_OPT_DENSE = {"self_attn.q_proj": "attn/q", "self_attn.k_proj": "attn/k",
+              "self_attn.v_proj": "attn/v", "self_attn.out_proj": "attn/o",
+              "fc1": "mlp/up", "fc2": "mlp/down"}  # fmt: skip
+_OPT_NORMS = {"self_attn_layer_norm": "attn_norm", "final_layer_norm": "mlp_norm"}
+_OPT_LAYER = (
+    {f"{hf}.weight": f"{ours}/kernel" for hf, ours in _OPT_DENSE.items()}
+    | {f"{hf}.weight": f"{ours}/scale" for hf, ours in _OPT_NORMS.items()}
+    | {f"{hf}.bias": f"{ours}/bias" for hf, ours in (_OPT_DENSE | _OPT_NORMS).items()}
+)
+_OPT_TOP = {
+    "model.decoder.embed_tokens.weight": "embed/embedding",
+    "model.decoder.embed_positions.weight": "pos_embed/embedding",
+    "model.decoder.final_layer_norm.weight": "final_norm/scale",
+    "model.decoder.final_layer_norm.bias": "final_norm/bias",
+    "model.decoder.project_in.weight": "project_in/kernel",
+    "model.decoder.project_out.weight": "project_out/kernel",
+    "lm_head.weight": "lm_head/kernel",
+}
 
 
-def hf_to_param_name(name: str) -> str | None:
+def _names(arch: str) -> tuple[dict[str, str], str, dict[str, str]]:
+    """(top-level names, per-layer prefix, per-layer names) of `arch`'s checkpoints."""
+    if arch == "opt":
+        return _OPT_TOP, "model.decoder.layers.", _OPT_LAYER
+    if arch in ("gemma2", "gemma3_text"):
+        return _TOP, "model.layers.", _GEMMA_LAYER
+    return _TOP, "model.layers.", _LAYER
+
+
+def hf_to_param_name(name: str, arch: str = "llama") -> str | None:
     """'model.layers.3.mlp.up_proj.weight' -> 'layers_3/mlp/up/kernel' (None if unused)."""
-    if name in _TOP:
-        return _TOP[name]
-    if name.startswith("model.layers."):
-        layer, rest = name[len("model.layers.") :].split(".", 1)
-        if rest in _LAYER:
-            return f"layers_{int(layer)}/{_LAYER[rest]}"
+    top, prefix, per_layer = _names(arch)
+    if name in top:
+        return top[name]
+    if name.startswith(prefix):
+        layer, rest = name[len(prefix) :].split(".", 1)
+        if rest in per_layer:
+            return f"layers_{int(layer)}/{per_layer[rest]}"
     return None
 
 
@@ -112,7 +150,7 @@ def load_hf_dir(
         try:
             with safe_open(str(shard), "np") as f:
                 for name in f.keys():
-                    target = hf_to_param_name(name)
+                    target = hf_to_param_name(name, config.arch)
                     if target is None:
                         continue
                     w = np.asarray(f.get_tensor(name), np.float32)
@@ -132,11 +170,20 @@ def load_hf_dir(
     return config, build_params(list(flat), flat.pop, config.dtype, scan_layers)
 
 
+_HF_CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "opt": "OPTForCausalLM",
+}
+
+
 def hf_config_dict(config: config_lib.ModelConfig) -> dict:
     """The config.json transformers expects for `config` (rotate-half checkpoints only)."""
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[config.arch]
     out = {
-        "architectures": [arch],
+        "architectures": [_HF_CLASSES[config.arch]],
         "model_type": config.arch,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden,
@@ -155,8 +202,49 @@ def hf_config_dict(config: config_lib.ModelConfig) -> dict:
         "eos_token_id": config.eos_id,
         "pad_token_id": config.pad_id,
     }
-    if config.arch == "llama":
+    if config.arch in ("llama", "gemma2", "gemma3_text"):
         out["attention_bias"] = config.qkv_bias
+    elif config.arch == "mistral" and config.qkv_bias:
+        raise ValueError("mistral checkpoints have no q/k/v biases")
+    out |= _hf_family_dict(config)
+    if config.arch == "gemma3_text":  # its RoPE lives in rope_parameters only
+        del out["rope_theta"]
+    return out
+
+
+def _hf_family_dict(config: config_lib.ModelConfig) -> dict:
+    """The config.json entries of the family fields (inverse of config._hf_family)."""
+    out: dict = {}
+    if config.rope_scaling:
+        out["rope_scaling"] = dict(config.rope_scaling)
+    if config.sliding_window:
+        out["sliding_window"] = config.sliding_window
+    if config.layer_types:
+        out["layer_types"] = list(config.layer_types)
+    if config.arch in ("gemma2", "gemma3_text"):
+        out["hidden_activation"] = "gelu_pytorch_tanh"
+        scalar = round((config.attn_scale or config.head_dim**-0.5) ** -2, 6)
+        out["query_pre_attn_scalar"] = int(scalar) if scalar == int(scalar) else scalar
+        out["attn_logit_softcapping"] = config.attn_softcap or None
+        out["final_logit_softcapping"] = config.final_softcap or None
+    if config.arch == "gemma3_text":  # transformers 5: RoPE per layer type
+        full = {"rope_type": "default"} | dict(config.rope_scaling)
+        local = config.rope_local_theta or config.rope_theta
+        out["rope_parameters"] = {
+            "full_attention": full | {"rope_theta": config.rope_theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+        }
+        out.pop("rope_scaling", None)
+    if config.arch == "opt":
+        out |= dict(
+            ffn_dim=config.mlp_hidden,
+            do_layer_norm_before=config.pre_norm,
+            word_embed_proj_dim=config.embed_dim or config.hidden,
+            max_position_embeddings=config.learned_positions - 2,
+            activation_function="relu",
+            enable_bias=True,
+            layer_norm_elementwise_affine=True,
+        )
     return out
 
 
@@ -180,7 +268,10 @@ def save_hf_dir(
 
     if config.rope_layout != "rotate_half":
         raise ValueError("HF checkpoints use rotate-half RoPE; un-permute Q/K first")
-    inverse = {v: k for k, v in _TOP.items()}
+    top, prefix, per_layer = _names(config.arch)
+    inverse = {v: k for k, v in top.items()}
+    inverse_layer = {v: k for k, v in per_layer.items()}
+    hf_config = hf_config_dict(config) | {"torch_dtype": dtype}
     tensors = {}
     import ml_dtypes
 
@@ -191,11 +282,10 @@ def save_hf_dir(
             hf = inverse[name]
         else:
             layer, rest = name.split("/", 1)
-            hf = f"model.layers.{layer.split('_')[1]}." + {v: k for k, v in _LAYER.items()}[rest]
+            hf = f"{prefix}{layer.split('_')[1]}.{inverse_layer[rest]}"
         tensors[hf] = np.ascontiguousarray(w.T) if name.endswith("kernel") else w
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hf_config = hf_config_dict(config) | {"torch_dtype": dtype}
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
     if max_shard_bytes is None:
         save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})

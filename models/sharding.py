@@ -65,13 +65,18 @@ def rules(config: ModelConfig, model: int, vocab_parallel: bool = True) -> list[
         (r"attn/[kv]/kernel$", P(None, kv)),  # [D, K*E]
         (r"attn/[kv]/bias$", P(kv)),
         (r"attn/o/kernel$", P(heads, None)),  # [H*E, D]
+        (r"attn/o/bias$", P()),  # [D] (OPT)
         (r"mlp/(gate|up)/kernel$", P(None, mlp)),  # [D, F]
+        (r"mlp/(gate|up)/bias$", P(mlp)),  # [F] (OPT)
         (r"mlp/down/kernel$", P(mlp, None)),  # [F, D]
+        (r"mlp/down/bias$", P()),  # [D] (OPT)
+        (r"pos_embed/embedding$", P()),  # [positions + 2, D] learned positions (OPT): whole
+        (r"project_(in|out)/kernel$", P()),  # [embed_dim, D] / [D, embed_dim] (OPT): whole
         (r"embed/embedding$", P(vocab, None)),  # [V, D]
         (r"lm_head/kernel$", P(None, vocab)),  # [D, V]
         (rf"{decoder.HEAD}/kernel$", P()),  # [D, V'] restricted draft head: small, whole
         (rf"{decoder.HEAD}_ids$", P()),  # [V'] the ids it scores
-        (r"norm/scale$", P()),
+        (r"norm/(scale|bias)$", P()),  # every norm, incl. q/k and post norms, LayerNorm bias
     ]
 
 

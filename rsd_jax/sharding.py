@@ -161,11 +161,19 @@ class Layout:
         return NamedSharding(self.mesh, spec)
 
     def cache_shardings(self, cache, spec: P):
-        """NamedShardings of a cache (a NamedTuple following the rsd_jax cache protocol)."""
+        """NamedShardings of a cache (a NamedTuple following the rsd_jax cache protocol).
+
+        ``spec`` is that of the widest fields; a field of lower rank (e.g. per-slot
+        positions ``[1, B, S]``) takes its leading entries.
+        """
         if cache is None:
             return None
+
+        def field(name, value):
+            return P(DATA) if name == "index" else P(*tuple(spec)[: len(value.shape)])
+
         return type(cache)(
-            **{name: self._named(P(DATA) if name == "index" else spec) for name in cache._asdict()}
+            **{name: self._named(field(name, value)) for name, value in cache._asdict().items()}
         )
 
     def state_shardings(self, state):
