@@ -30,7 +30,7 @@ import numpy as np
 
 from experiments import datasets, distill_data, round_timing, sources, strict_json, validate
 from experiments import distill_train as train_lib
-from experiments.runner import WorkdirBusyError, workdir_lock  # noqa: F401 (re-exported)
+from experiments.workdir import WorkdirBusyError, workdir_lock  # noqa: F401 (re-exported)
 
 CONFIG = "config.json"
 SUMMARY = "summary.json"

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments import datasets, sources
-from experiments.runner import _Generator, append_record, load_records, prompt_rng_key
+from experiments.timed import TimedGenerator, prompt_rng_key
+from experiments.workdir import append_record, load_records
 from rsd_jax import methods as methods_lib
 
 EVAL = "eval.jsonl"
@@ -78,10 +79,10 @@ def run(config, workdir: Path, target, trained, base, log=print) -> dict:
     bucket = max(32, -(-max(len(p.ids) for ps in all_prompts.values() for p in ps) // 32) * 32)
     max_new = config.eval_max_new_tokens
     any_bundle = next(iter(bundles.values()))
-    generators = {("-", "ar"): _Generator(any_bundle, methods_lib.parse("ar"), bucket, max_new)}
+    generators = {("-", "ar"): TimedGenerator(any_bundle, methods_lib.parse("ar"), bucket, max_new)}
     for draft_name, bundle in bundles.items():
         for text, m in spec_methods.items():
-            generators[(draft_name, text)] = _Generator(bundle, m, bucket, max_new)
+            generators[(draft_name, text)] = TimedGenerator(bundle, m, bucket, max_new)
     path = workdir / EVAL
     records = load_records(path)
     first = all_prompts[temps[0]][0]
