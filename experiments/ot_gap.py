@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import report, strict_json
+from experiments import strict_json
+from experiments import summary as summary_lib
 from rsd_jax import ot_bound, transforms
 
 _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or local path.")
@@ -176,7 +177,7 @@ def summarize(records: Sequence[dict], ks: Sequence[int], samples: int) -> dict:
             kind = "bound_iid" if ot_bound.uses_replacement(rule) else "bound_wor"
             bound = np.array([r["by_k"][str(k)][kind] for r in records])
             acc = np.array([r["by_k"][str(k)][rule] for r in records])
-            gap, gap_ci = report.mean_ci(bound - acc, samples)
+            gap, gap_ci = summary_lib.mean_ci(bound - acc, samples)
             rows.append(
                 dict(
                     k=k,
