@@ -26,6 +26,7 @@ import dataclasses
 import numpy as np
 
 from experiments import strict_json
+from rsd_jax import metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ def best_branching(
             f"{budget} nodes"
         )
     ranked = sorted(
-        ((c, predicted_efficiency(table, c) / (1.0 + draft_cost * len(c))) for c in candidates),
+        ((c, metrics.mbsu(predicted_efficiency(table, c), draft_cost, len(c))) for c in candidates),
         key=lambda x: (-x[1], len(x[0])),
     )
     return ranked[0][0], ranked[0][1], ranked

@@ -2,8 +2,10 @@
 
 Per run spec (method at a sweep point), over the prompts of the run:
 
-- ``block_efficiency``: sum of emitted tokens / sum of target calls (AR = 1);
-- ``mbsu``: ``eta / (1 + r L)``, ``r`` = draft params / target params, ``L`` = draft calls;
+- ``block_efficiency``: sum of emitted tokens / sum of target calls (AR = 1;
+  :func:`rsd_jax.metrics.block_efficiency`);
+- ``mbsu``: ``eta / (1 + r L)``, ``r`` = draft params / target params, ``L`` = draft calls
+  (:func:`rsd_jax.metrics.mbsu`);
 - ``token_rate``: kept tokens (cut at ``max_new_tokens`` and EOS) / wall-clock seconds
   (prefill included); ``token_rate_ratio_vs_ar``: over the AR rate of the same prompts in
   the same workdir; ``decode_token_rate_ratio_vs_ar``: the same without the prefill time;
@@ -26,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from rsd_jax import metrics
 
 QUALITY = {"summarise": "rouge2_f1", "translate": "bleu"}
 
@@ -118,8 +122,8 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
         idx = _boot_idx(len(recs), samples)
         g = [x["generated"] for x in recs]
         calls = [x["target_calls"] for x in recs]
-        eta, eta_ci = ratio_ci(g, calls, idx)
-        denom = 1.0 + r * spec.length
+        eta = metrics.block_efficiency(sum(g), sum(calls))
+        _, eta_ci = ratio_ci(g, calls, idx)
         rate, rate_ci = ratio_ci([x["num_tokens"] for x in recs], [x["seconds"] for x in recs], idx)
         hist = np.sum([x["accepted_hist"] for x in recs], axis=0).astype(float)
         rounds = max(hist.sum(), 1.0)
@@ -127,8 +131,8 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
             num_prompts=len(recs),
             block_efficiency=eta,
             block_efficiency_ci=eta_ci,
-            mbsu=eta / denom,
-            mbsu_ci=[v / denom for v in eta_ci],
+            mbsu=metrics.mbsu(eta, r, spec.length),
+            mbsu_ci=[metrics.mbsu(v, r, spec.length) for v in eta_ci],
             token_rate=rate,
             token_rate_ci=rate_ci,
             acceptance_by_depth=[float(hist[d:].sum() / rounds) for d in range(1, len(hist))],
@@ -156,7 +160,10 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
             sub = [x for x in recs if x["dataset"] == ds]
             entry["per_dataset"][ds] = {
                 "block_efficiency": float(
-                    np.sum([x["generated"] for x in sub]) / np.sum([x["target_calls"] for x in sub])
+                    metrics.block_efficiency(
+                        np.sum([x["generated"] for x in sub]),
+                        np.sum([x["target_calls"] for x in sub]),
+                    )
                 ),
                 "num_prompts": len(sub),
             }
@@ -223,7 +230,7 @@ def auto_vs_hand_picked(specs, keys, records, samples: int) -> list[dict]:
 
 def _eta(recs: dict, keys) -> float:
     g = sum(recs[k]["generated"] for k in keys)
-    return g / max(sum(recs[k]["target_calls"] for k in keys), 1)
+    return metrics.block_efficiency(g, max(sum(recs[k]["target_calls"] for k in keys), 1))
 
 
 def _probe_metrics(recs, calls, idx) -> dict:
