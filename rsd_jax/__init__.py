@@ -2,10 +2,17 @@
 
 Pure, model-agnostic building blocks, all jit/vmap friendly with explicit PRNG
 keys. See README.md (API section) and ALGORITHMS.md for the mathematics.
+
+``Model`` (a model as the algorithms see it) and ``parse`` (the compact method syntax)
+are re-exported here. The ``generate`` function is not: a package attribute of that name
+would hide the module ``rsd_jax.generate`` (``from rsd_jax import generate as gen`` would
+return the function), so it stays ``rsd_jax.generate.generate``.
 """
 
 from rsd_jax.drafting import draft_tree, empty_tree
+from rsd_jax.generate import Model
 from rsd_jax.gumbel import gumbel_top_k, ordered_sample_prob, without_replacement_laws
+from rsd_jax.methods import parse
 from rsd_jax.sbs import BeamLevel, sbs_level, truncated_gumbel_scores
 from rsd_jax.transforms import (
     SamplingParams,
@@ -36,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VERIFIERS",
     "BeamLevel",
+    "Model",
     "NodeDecision",
     "NodePlan",
     "NodeVerifier",
@@ -60,6 +68,7 @@ __all__ = [
     "mrs_plan",
     "ordered_sample_prob",
     "output_law",
+    "parse",
     "probs_from_logits",
     "rrs_plan",
     "safe_log",
