@@ -1,6 +1,7 @@
 """Distil a small, cheap draft for the target with optax, then compare it with the 0.5B draft.
 
-Launch (about 45 minutes on a 2-core CPU, teacher laws included; resumable):
+Launch (62 minutes measured on a 2-core CPU shared with other jobs, teacher laws included;
+about 40 expected on an idle one; resumable):
 
     python -m experiments.run --config=experiments/configs/distill.py --workdir=/tmp/distill
     python -m experiments.run --config=experiments/configs/distill.py:steps=50,evaluate=false \
