@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder, gguf_loader, presets, testing
+from models import decoder, gguf_loader, presets, student, testing
 from models.config import ModelConfig
 from models.errors import (
     HashMismatchError,
@@ -157,6 +157,10 @@ def test_gemma3_gguf_loads_as_the_gemma3_text_family(tmp_path):
     chex.assert_trees_all_close(
         _logits(model.config, model.params), _logits(config, params), atol=ATOL, rtol=RTOL
     )
+    # A pruned draft keeps its blocks' layer types.
+    pruned = student.prune(model, [0, 5])
+    assert pruned.config.layer_types == ("sliding_attention", "full_attention")
+    assert _logits(pruned.config, pruned.params).shape == (1, 7, config.vocab_size)
 
 
 def test_gguf_tokenizer_splits_digits_and_renders_template(tmp_path):
