@@ -11,7 +11,13 @@ from typing import Any
 from models.errors import UnknownArchitectureError
 
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma2", "gemma3_text", "opt")
-GGUF_ARCHITECTURES = ("llama", "qwen2")  # the GGUF loader reads llama's tensor names only
+# GGUF `general.architecture` -> family; the GGUF loader reads llama's tensor names (plus
+# Gemma 3's QK-norm and post-norm tensors).
+GGUF_ARCHITECTURES = ("llama", "qwen2", "gemma3")
+_GGUF_FAMILY = {"gemma3": "gemma3_text"}
+# llama.cpp's Gemma 3 (src/llama-model.cpp; the GGUF has no key for these): every 6th layer
+# is global, the others slide; sliding layers use RoPE base 10000.
+_GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA = 6, 10000.0
 ROPE_LAYOUTS = ("interleaved", "rotate_half")
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -223,7 +229,7 @@ def from_gguf_metadata(
       The ModelConfig.
 
     Raises:
-      UnknownArchitectureError: the architecture is not llama or qwen2.
+      UnknownArchitectureError: the architecture is not llama, qwen2 or gemma3.
     """
     arch = meta.get("general.architecture")
     if arch not in GGUF_ARCHITECTURES:
@@ -253,7 +259,7 @@ def from_gguf_metadata(
             valid -= 1
     eos = int(meta.get("tokenizer.ggml.eos_token_id", -1))
     return ModelConfig(
-        arch=arch,
+        arch=_GGUF_FAMILY.get(arch, arch),
         vocab_size=embed_rows,
         valid_vocab_size=min(valid, embed_rows),
         hidden=hidden,
@@ -273,6 +279,36 @@ def from_gguf_metadata(
         pad_id=int(meta.get("tokenizer.ggml.padding_token_id", eos)),
         max_positions=int(meta.get(f"{arch}.context_length", 0)),
         name=str(meta.get("general.name", "")),
+        **(_gguf_gemma3(meta, int(get("block_count")), head_dim) if arch == "gemma3" else {}),
+    )
+
+
+def _gguf_gemma3(meta: Mapping[str, Any], layers: int, head_dim: int) -> dict[str, Any]:
+    """The gemma3_text family fields of a `gemma3` GGUF (what `_hf_family` reads from a
+    config.json), with llama.cpp's fixed conventions where the file has no key."""
+    kind = meta.get("gemma3.rope.scaling.type", "none")
+    if kind not in ("none", "linear"):
+        raise ValueError(f"gemma3 GGUF RoPE scaling {kind!r} is not supported (linear)")
+    scaling = ()
+    if kind == "linear":
+        scaling = (("factor", float(meta["gemma3.rope.scaling.factor"])), ("rope_type", "linear"))
+    pattern = int(meta.get("gemma3.attention.sliding_window_pattern", _GEMMA3_PATTERN))
+    types = tuple("full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                  for i in range(layers))  # fmt: skip
+    return dict(
+        rope_scaling=scaling,
+        rope_local_theta=_GEMMA3_LOCAL_THETA,
+        sliding_window=int(meta["gemma3.attention.sliding_window"]),
+        layer_types=types,
+        # llama.cpp stores Gemma's norm weights as 1 + w; the loader subtracts the 1 again.
+        norm="rms_plus_one",
+        post_norms=True,
+        qk_norm=True,
+        mlp="geglu_tanh",
+        embed_scale=True,
+        # llama.cpp scales queries by key_length ** -0.5 (query_pre_attn_scalar = head_dim
+        # in every Gemma 3 but 27B, whose GGUF this is not checked against).
+        attn_scale=float(head_dim) ** -0.5,
     )
 
 

@@ -1,4 +1,4 @@
-"""Load GGUF checkpoints (llama / qwen2) into float parameters, with an on-disk cache.
+"""Load GGUF checkpoints (llama / qwen2 / gemma3) into float parameters, with an on-disk cache.
 
 Dequantization uses the `gguf` package. The float32 parameters are cached as
 `<cache>/converted/<sha256 of the GGUF>-<code version>.safetensors` (config JSON and a
@@ -6,6 +6,9 @@ checksum per tensor in its metadata, checked on every load), so the second load 
 that file; a change of this conversion code, of config reading or of the tokenizer rules
 changes the code version and the cache is rebuilt. llama-arch GGUFs keep llama.cpp's Q/K
 row permutation; their config says `rope_layout='interleaved'`, which is the matching rotation.
+gemma3 GGUFs hold unpermuted Q/K (rotate-half) and, as llama.cpp's converter writes them,
+norm weights 1 + w: 1 is subtracted so that they load as the gemma3_text family's
+`rms_plus_one` norms (x * (1 + w)), like an HF Gemma 3 checkpoint.
 """
 
 from __future__ import annotations
@@ -125,6 +128,11 @@ _LAYER_NAMES = {
     "ffn_gate.weight": ("mlp", "gate", "kernel"),
     "ffn_up.weight": ("mlp", "up", "kernel"),
     "ffn_down.weight": ("mlp", "down", "kernel"),
+    # Gemma 3
+    "attn_q_norm.weight": ("attn", "q_norm", "scale"),
+    "attn_k_norm.weight": ("attn", "k_norm", "scale"),
+    "post_attention_norm.weight": ("attn_post_norm", "scale"),
+    "post_ffw_norm.weight": ("mlp_post_norm", "scale"),
 }
 _TOP_NAMES = {
     "token_embd.weight": ("embed", "embedding"),
@@ -189,6 +197,8 @@ def convert_gguf(reader, meta) -> tuple[config_lib.ModelConfig, dict[str, np.nda
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
         if path[-1] == "kernel":
             w = np.ascontiguousarray(w.T)
+        if path[-1] == "scale" and config.norm == "rms_plus_one":
+            w = w - np.float32(1.0)  # stored as 1 + w (llama.cpp's Gemma convention)
         flat["/".join(path)] = w
     expected = expected_param_names(config)
     missing = sorted(expected - set(flat))
@@ -223,7 +233,7 @@ def load_gguf(
 
     Raises:
       ModelFileError: missing, truncated or incomplete file.
-      UnknownArchitectureError: not llama/qwen2.
+      UnknownArchitectureError: not llama/qwen2/gemma3.
     """
     from safetensors.numpy import save_file
 

