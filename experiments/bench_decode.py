@@ -82,7 +82,7 @@ def main(argv):
                 d_loaded.tokenizer, d_loaded.config.valid_vocab_size, size
             )
             loaded = draft_vocab.restrict_head(d_loaded, ids)
-        drafts[size] = adapter.to_rsd_model(loaded)
+        drafts[size] = adapter.to_rsd_model(loaded, vocab_size=t_loaded.config.vocab_size)
     tok = t_loaded.tokenizer
     prompts = [tok.encode(p) for p in PROMPTS]
     bucket = max(len(p) for p in prompts)

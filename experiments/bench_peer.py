@@ -442,7 +442,8 @@ def bench(
             d_loaded.tokenizer, d_loaded.config.valid_vocab_size, draft_vocab
         )
         d_loaded = draft_vocab_lib.restrict_head(d_loaded, ids)
-    target, draft = adapter.to_rsd_model(t_loaded), adapter.to_rsd_model(d_loaded)
+    target = adapter.to_rsd_model(t_loaded)
+    draft = adapter.to_rsd_model(d_loaded, vocab_size=t_loaded.config.vocab_size)
     tok = t_loaded.tokenizer
     eos = tok.eos_id if tok is not None and tok.eos_id >= 0 else t_loaded.config.eos_id
     eos, valid = int(eos), int(t_loaded.config.valid_vocab_size)

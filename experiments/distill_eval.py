@@ -30,7 +30,7 @@ def _bundle(target, draft, info: dict) -> sources.Bundle:
     tok = target.tokenizer
     return sources.Bundle(
         adapter.to_rsd_model(target),
-        adapter.to_rsd_model(draft),
+        adapter.to_rsd_model(draft, vocab_size=target.config.vocab_size),
         tok,
         int(tok.eos_id if tok.eos_id >= 0 else target.config.eos_id),
         int(target.config.valid_vocab_size),

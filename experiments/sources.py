@@ -142,7 +142,7 @@ def real_models(config) -> Bundle:
             info[f"{role}_sha256"] = digest
     return Bundle(
         adapter.to_rsd_model(target),
-        adapter.to_rsd_model(draft),
+        adapter.to_rsd_model(draft, vocab_size=target.config.vocab_size),
         tok,
         int(eos),
         int(target.config.valid_vocab_size),

@@ -30,3 +30,23 @@ def test_greedy_speculative_equals_autoregressive():
         out = generate.generate(target, draft, prompts, method, **kw)
         assert out.tokens == ar.tokens, method
     assert all(len(t) == 12 and max(t) < 250 for t in ar.tokens)
+
+
+def test_a_draft_padded_differently_fits_the_targets_width():
+    """A pair differing only in padding rows (check_compatible accepts it) generates: the
+    draft's logits are cut or padded with probability-0 ids to the target's width, and
+    greedy speculative decoding still equals AR."""
+    target = adapter.to_rsd_model(_model(0))  # 265 rows, 250 valid
+    greedy = transforms.SamplingParams(temperature=0.0)
+    kw = dict(key=jax.random.key(0), max_new_tokens=10, sampling=greedy, valid_vocab_size=250)
+    prompts = [[3, 40, 41, 42], [5, 6]]
+    ar = generate.generate(target, None, prompts, "ar", **kw)
+    for rows in (256, 300):  # fewer and more padding rows than the target
+        loaded = _model(1, layers=1, vocab_size=rows)
+        draft = adapter.to_rsd_model(loaded, vocab_size=target.vocab_size)
+        assert draft.vocab_size == target.vocab_size
+        for method in ("sd:3", "rsd_c:2-2"):
+            out = generate.generate(target, draft, prompts, method, **kw)
+            assert out.tokens == ar.tokens, (rows, method)
+    with pytest.raises(ValueError, match="valid"):
+        adapter.to_rsd_model(_model(1), vocab_size=200)
