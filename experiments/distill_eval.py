@@ -20,6 +20,7 @@ from experiments import datasets, sources
 from experiments.timed import TimedGenerator, prompt_rng_key
 from experiments.workdir import append_record, load_records
 from rsd_jax import methods as methods_lib
+from rsd_jax import metrics
 
 EVAL = "eval.jsonl"
 
@@ -144,8 +145,9 @@ def summarise(records, temps) -> dict:
             hist = np.sum([r["accepted_hist"] for r in group], axis=0).tolist()
             table.append({
                 "draft": draft, "method": method, "prompts": len(group),
-                "block_efficiency": sum(r["generated"] for r in group)
-                / max(sum(r["target_calls"] for r in group), 1),
+                "block_efficiency": metrics.block_efficiency(
+                    sum(r["generated"] for r in group), sum(r["target_calls"] for r in group)
+                ),
                 "acceptance_by_depth": acceptance_by_depth(hist),
                 "tokens_per_s": tokens / max(seconds, 1e-9),
                 "ratio_vs_ar": rate_paired / ar_rate if paired else None,

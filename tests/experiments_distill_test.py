@@ -234,3 +234,25 @@ def test_a_workdir_of_another_distillation_is_refused(tmp_path):
     distill.check_workdir(tmp_path, _config(evaluate=True))  # evaluation keys may change
     with pytest.raises(distill.IncompatibleWorkdirError, match="steps"):
         distill.check_workdir(tmp_path, _config(steps=7))
+
+
+def test_evaluation_summary_pairs_with_ar_and_reads_acceptance_by_depth():
+    from experiments import distill_eval
+
+    # hist[a] = rounds accepting exactly a tokens: 10 rounds, 6 reach depth 1, 2 depth 2.
+    assert distill_eval.acceptance_by_depth([4, 4, 2]) == [0.6, 2 / 6]
+    assert distill_eval.acceptance_by_depth([3, 0, 0]) == [0.0, None]
+    base = dict(temperature=1.0, round_seconds=0.1)
+    recs = [
+        base | dict(prompt="a", draft="-", method="ar", num_tokens=10, seconds=2.0,
+                    generated=10, target_calls=10, accepted_hist=[10]),
+        base | dict(prompt="a", draft="d", method="sd:2", num_tokens=10, seconds=1.0,
+                    generated=10, target_calls=4, accepted_hist=[1, 1, 2]),
+        base | dict(prompt="b", draft="d", method="sd:2", num_tokens=10, seconds=9.0,
+                    generated=10, target_calls=6, accepted_hist=[4, 2, 0]),
+    ]  # fmt: skip
+    (ar, sd) = distill_eval.summarise(recs, [1.0])["1"]
+    assert ar["method"] == "ar" and ar["ratio_vs_ar"] == 1.0
+    assert sd["block_efficiency"] == 20 / 10
+    assert sd["ratio_vs_ar"] == pytest.approx((10 / 1.0) / (10 / 2.0))  # prompt b has no AR
+    assert sd["acceptance_by_depth"] == [5 / 10, 2 / 5]  # summed hist [5, 3, 2]
