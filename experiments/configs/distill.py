@@ -1,7 +1,8 @@
 """Distil a small, cheap draft for the target with optax, then compare it with the 0.5B draft.
 
-Launch (62 minutes measured on a 2-core CPU shared with other jobs, teacher laws included;
-about 40 expected on an idle one; resumable):
+Launch (resumable; the runtime measured from a clean checkout is in the results section of
+``docs/``; an earlier, larger evaluation of 4 prompts x 48 tokens took 62 minutes on a
+2-core CPU shared with other jobs):
 
     python -m experiments.run --config=experiments/configs/distill.py --workdir=/tmp/distill
     python -m experiments.run --config=experiments/configs/distill.py:steps=50,evaluate=false \
@@ -67,8 +68,8 @@ DISTILL_DEFAULTS = dict(
     evaluate=True,
     eval_methods="ar+sd:4+rsd_c:2-1-1-1+rsd_s:2x4",
     eval_dataset="humaneval+chat",
-    eval_prompts=4,
-    eval_max_new_tokens=48,
+    eval_prompts=3,
+    eval_max_new_tokens=32,
     eval_temperatures="1+0",
     progress=True,
     plots=True,
