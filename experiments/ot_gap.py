@@ -1,4 +1,4 @@
-"""Per-node gap to the optimal-transport bound on real models (ALGORITHMS.md section 8).
+"""Per-node gap to the optimal-transport bound on real models (docs/algorithms.md).
 
     python -m experiments.ot_gap --target=qwen2.5-coder-1.5b --draft=qwen2.5-coder-0.5b \\
         --num_contexts=128 --top=8 --temperature=1.0 --out=results/ot_gap_t1.json

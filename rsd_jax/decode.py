@@ -1,6 +1,6 @@
 """Decoding engine: one pure speculative step over a batch, and two drivers.
 
-A round, for every row ``b`` of the batch (ALGORITHMS.md sections 5-6):
+A round, for every row ``b`` of the batch (docs/algorithms.md, Draft trees and Tree verification):
 
 1. **Draft** (skipped for AR): one call feeding ``[t_{n-1}, root]`` at slots
    ``n-1, n`` (re-computing the last committed token keeps the draft cache

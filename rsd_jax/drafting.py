@@ -8,7 +8,7 @@ cache (the state); tests implement it with n-gram tables. One call per level,
 so ``L`` sequential draft calls. :func:`draft_batch` is the only drafting loop;
 :func:`draft_tree` runs it on one unbatched tree.
 
-Per level (ALGORITHMS.md section 5):
+Per level (docs/algorithms.md, Draft trees):
 
 * chain / branching: each parent's children are its Gumbel-Top-``b_l`` ids;
 * iid: every sequence draws one id from its own last node (level 1: ``K``

@@ -1,4 +1,4 @@
-"""Sampling without replacement with the Gumbel-Top-k trick (ALGORITHMS.md section 3).
+"""Sampling without replacement with the Gumbel-Top-k trick (docs/algorithms.md).
 
 The ``k`` ids with the largest ``log p(x) + g(x)`` (``g`` i.i.d. Gumbel(0, 1)), in
 descending order of that score, are an ordered sample without replacement from

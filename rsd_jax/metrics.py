@@ -1,4 +1,4 @@
-"""The paper's metrics (ALGORITHMS.md section 7), as plain functions of counters."""
+"""The paper's metrics (docs/algorithms.md, Metrics), as plain functions of counters."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The optimal-transport bound on one node's acceptance (ALGORITHMS.md section 8).
+"""The optimal-transport bound on one node's acceptance (docs/algorithms.md).
 
 At one tree node the target law is ``q`` over ``V`` tokens and ``K`` draft children
 are drawn from ``p``, either i.i.d. (SD, MRS, SpecTr's K-SEQ) or without replacement

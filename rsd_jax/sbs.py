@@ -1,6 +1,6 @@
 """Stochastic Beam Search (Kool, van Hoof, Welling 2019), one level at a time.
 
-ALGORITHMS.md section 3. Each beam node ``v`` carries ``phi(v)`` (sum of draft
+docs/algorithms.md. Each beam node ``v`` carries ``phi(v)`` (sum of draft
 log-probs along its path) and a perturbed score ``G(v)``. Children get Gumbel
 perturbed scores *truncated* so that their maximum equals ``G(v)``; the next
 beam is the top-``W`` of all (parent, token) pairs jointly. With truncation the

@@ -1,7 +1,7 @@
 """Sampling transforms: logits -> the exact distribution a sampler draws from.
 
 Every lossless verifier needs the *same* law that produced the draft tokens
-(ALGORITHMS.md section 2). This module is the single place where logits become
+(docs/algorithms.md). This module is the single place where logits become
 probabilities: temperature (``T = 0`` is greedy), top-k, top-p and a mask of ids
 that must never be produced (e.g. vocabulary padding). Apply it identically to
 the draft and to the target.

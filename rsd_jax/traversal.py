@@ -1,6 +1,6 @@
 """Sequence-level tree verification: traversal verification, and block verification on chains.
 
-ALGORITHMS.md section 8. Instead of judging one node at a time from the root
+docs/algorithms.md. Instead of judging one node at a time from the root
 down (:mod:`rsd_jax.walk`), whole root-to-node paths are judged leaf first with
 sequence-level weights. Each node ``v`` with parent ``u`` carries
 

@@ -5,7 +5,7 @@ stored in BFS order, level by level, each level a contiguous static slice, and
 within a level siblings appear in the order they were drawn. Shapes depend only
 on the :class:`TreeSpec`, never on data, so XLA compiles one program per spec.
 
-Kinds (ALGORITHMS.md section 5):
+Kinds (docs/algorithms.md, Draft trees):
 
 * ``chain(L)``: SD, ``L`` nodes.
 * ``iid(K, L)``: ``K`` independent draft sequences (MRS / SpecTr), ``K * L``

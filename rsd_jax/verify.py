@@ -1,4 +1,4 @@
-"""Node verifiers: which child of a tree node (if any) to accept (ALGORITHMS.md section 4).
+"""Node verifiers: which child of a tree node (if any) to accept (docs/algorithms.md).
 
 A verifier looks at one node with target law ``q``, draft law ``p`` and ordered
 children ``X_1..X_K`` (some slots possibly invalid). Every rule here is written

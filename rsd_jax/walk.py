@@ -1,4 +1,4 @@
-"""One-pass tree verification: walk the drafted tree from the root (ALGORITHMS.md section 6).
+"""One-pass tree verification: walk the drafted tree from the root (docs/algorithms.md).
 
 At each step the walk holds the accepted node and the set of *alive* nodes
 (nodes with the same token path: one node in a without-replacement tree, all

@@ -32,7 +32,7 @@ from models.loading import check_compatible, load_model, load_model_info
 DATA = Path(__file__).parent / "data"
 MIN_CORR, MEAN_CORR, TOP1, MAX_LOGPROB_DIFF = 0.999, 0.9999, 0.98, 0.02
 
-# (preset, first position compared). MODELS.md's advice to skip Qwen's position 0 concerns
+# (preset, first position compared). Skipping Qwen's position 0 (docs/models.md) concerns
 # llama.cpp's 8-bit activations; this float32 reference has no such outlier, so all
 # positions are compared.
 CASES = [

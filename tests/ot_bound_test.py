@@ -25,7 +25,7 @@ P = np.array([0.6, 0.3, 0.1])
 LP_TOL = 1e-7
 BOUND_SLACK = 1e-12
 
-# (rule, k) -> exact acceptance on the anchor (ALGORITHMS.md section 4).
+# (rule, k) -> exact acceptance on the anchor (docs/algorithms.md, Node verifiers).
 KSEQ_2 = 0.52 + 0.4 * math.sqrt(0.44)  # rho^2 - 1.6 rho + 0.2 = 0, acceptance 0.2 + 0.4 rho
 ANCHOR_ACCEPTANCE = {
     ("sd", 1): 0.6, ("mrs", 1): 0.6, ("kseq", 1): 0.6, ("rrs", 1): 0.6,

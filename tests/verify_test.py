@@ -100,7 +100,7 @@ class ExactEnumerationTest(parameterized.TestCase):
         self.assertGreater(tv, 1e-3, f"{bad.name} K={k} was not detected (TV={tv})")
 
     def test_raw_p_bias_is_large(self):
-        # ALGORITHMS.md: using raw p biases the output by about 0.1 in TV.
+        # docs/algorithms.md: using raw p biases the output by about 0.1 in TV.
         with jax.enable_x64(True):
             law, _ = lawcheck.node_law(
                 broken.RRS_RAW_P.plan, Q_ANCHOR, P_ANCHOR, 2, "without_replacement"

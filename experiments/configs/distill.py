@@ -1,7 +1,7 @@
 """Distil a small, cheap draft for the target with optax, then compare it with the 0.5B draft.
 
 Launch (resumable; the runtime measured from a clean checkout is in the results section of
-``docs/``; an earlier, larger evaluation of 4 prompts x 48 tokens took 62 minutes on a
+``docs/results.md``; an earlier, larger evaluation of 4 prompts x 48 tokens took 62 minutes on a
 2-core CPU shared with other jobs):
 
     python -m experiments.run --config=experiments/configs/distill.py --workdir=/tmp/distill
