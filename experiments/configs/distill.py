@@ -1,12 +1,18 @@
 """Distil a small, cheap draft for the target with optax, then compare it with the 0.5B draft.
 
-Launch (resumable; the runtime measured from a clean checkout is in the results section of
-``docs/results.md``; an earlier, larger evaluation of 4 prompts x 48 tokens took 62 minutes on a
-2-core CPU shared with other jobs):
+Launch (resumable):
 
     python -m experiments.run --config=experiments/configs/distill.py --workdir=/tmp/distill
     python -m experiments.run --config=experiments/configs/distill.py:steps=50,evaluate=false \
         --workdir=/tmp/distill-smoke
+
+Expected on a 2-core CPU (measured 2026-11-30 from a clean checkout with an empty cache,
+GGUF conversion, teacher laws and compilation included): 41 minutes wall (teacher 644 s,
+training 1043 s at ~294 tokens/s, evaluation ~9 min), 14.6 GB peak memory. The draft costs
+r = 0.063 of a 1.5B call; held-out KL 9.94 -> 1.91 nats/token, top-1 agreement with the
+target 0.002 -> 0.418; at T=1 it reaches block efficiency ~1.3 with SD L=4 (0.77x AR),
+against ~3.1 (1.02x AR) for the 0.5B draft: cheap enough, not yet accurate enough
+(docs/results.md, "Distillation").
 
 On a TPU/GPU scale it up by keys, e.g. ``steps=20000,batch=64,train_sequences=100000,
 seq_len=512,keep_layers=0+1+2+3+4+5+23``. The trained draft is exported to
