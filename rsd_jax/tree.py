@@ -82,7 +82,8 @@ class TreeSpec:
 
     @property
     def is_chain(self) -> bool:
-        """One child per node (SD, and AR with no levels): every sibling law fits it."""
+        """A chain spec (SD; AR has no levels): one child per node, so every sibling law
+        fits it."""
         return self.kind == "chain"
 
     @property
