@@ -17,8 +17,6 @@ import dataclasses
 from experiments import shape_search
 from rsd_jax import methods
 
-NAMES = ("sd", "mrs", "spectr", "rsd_c", "rsd_s")
-
 # Fixed-budget shapes realising each target budget B (root excluded): SpecTr/MRS K x L = B,
 # RSD-S W x L = B, RSD-C sum of branching products = B. SD is a chain of L = B, capped.
 BUDGET_SHAPES = {
@@ -78,20 +76,6 @@ def _ints(text: str, key: str) -> list[int]:
         ) from None
 
 
-def _check_name(item: str) -> None:
-    base, slash, rule = item.partition("/")
-    if slash and (rule != "tv" or base not in ("sd", "rsd_c", "rsd_s")):
-        raise ValueError(f"bad method {item!r}: only sd, rsd_c and rsd_s take /tv (traversal)")
-    if base != "ar" and base not in NAMES:
-        raise ValueError(f"unknown method {item!r}; choose from ar, {', '.join(NAMES)}")
-
-
-def _split(item: str) -> tuple[str, str]:
-    """``"rsd_c/tv"`` -> ``("rsd_c", "/tv")``; ``"sd"`` -> ``("sd", "")``."""
-    base, slash, rule = item.partition("/")
-    return base, slash + rule
-
-
 def _with_ar(specs: list[RunSpec]) -> list[RunSpec]:
     """AR first (the token-rate baseline is measured in the same run)."""
     rest = [s for s in specs if s.text != "ar"]
@@ -122,10 +106,8 @@ def plan(config, calibration=None) -> list[RunSpec]:
     if sweep == "none":
         specs = []
         for item in items:
-            if ":" not in item:
-                _check_name(item)
-                if item != "ar":
-                    raise ValueError(f"method {item!r} needs a shape here, e.g. rsd_s:3x2")
+            if ":" not in item and methods.parse_name(item)[0] != "ar":
+                raise ValueError(f"method {item!r} needs a shape here, e.g. rsd_s:3x2")
             specs.append(_spec(item))
         return _with_ar(specs)
     if sweep == "length":
@@ -164,8 +146,7 @@ def _length_sweep(items, lengths, width) -> list[RunSpec]:
                     f"fixed-length sweeps take bare method names, got {item!r}; "
                     "shapes follow from L and 'width'"
                 )
-            _check_name(item)
-            name, rule = _split(item)
+            name, rule = methods.parse_name(item)
             text = length_shape(name, length, width) + rule
             specs.append(_spec(text, f"L={length} {text}", length))
     return specs
@@ -196,7 +177,7 @@ def budget_spec(text: str, budget: int, sd_max_length: int) -> RunSpec:
     """
     m = methods.parse(text)
     note = ""
-    if m.spec.kind == "chain" and m.draft_calls > 0:
+    if m.spec.is_chain and m.draft_calls > 0:
         want = min(budget, sd_max_length)
         if m.draft_calls != want:
             raise ValueError(
@@ -216,14 +197,14 @@ def _budget_sweep(items, budgets, sd_max_length, shapes) -> list[RunSpec]:
     for budget, name in overrides:
         if budget not in budgets:
             raise ValueError(f"shape override for B={budget} but budgets are {budgets}")
-        _check_name(name)
+        methods.parse_name(name)
     specs = []
     for item in items:
         if item == "ar":
             continue
         if ":" in item:  # a full shape: it must realise one of the budgets
             m = methods.parse(item)
-            if m.spec.kind == "chain":
+            if m.spec.is_chain:
                 fits = [b for b in budgets if min(b, sd_max_length) == m.draft_calls]
             else:
                 fits = [b for b in budgets if m.budget == b]
@@ -234,8 +215,7 @@ def _budget_sweep(items, budgets, sd_max_length, shapes) -> list[RunSpec]:
                 )
             specs.extend(budget_spec(item, b, sd_max_length) for b in fits)
             continue
-        _check_name(item)
-        name, rule = _split(item)
+        name, rule = methods.parse_name(item)
         for budget in budgets:
             if (budget, name) in overrides:
                 text = overrides[(budget, name)] + rule

@@ -9,9 +9,9 @@ A round, for every row ``b`` of the batch (docs/algorithms.md, Draft trees and T
    tree attention on the draft's own cache; nodes are drawn level by level by
    the method's strategy (:mod:`rsd_jax.drafting`).
 2. **Verify**: one target call over root + all ``N`` nodes (ancestor mask,
-   depth positions) written at slots ``n .. n+N``; the walk of
-   :mod:`rsd_jax.walk` with the method's node verifier, or traversal
-   verification (:mod:`rsd_jax.traversal`) when the method asks for it.
+   depth positions) written at slots ``n .. n+N``; the method's tree
+   verifier (:mod:`rsd_jax.tree_verifiers`: the node walk of
+   :mod:`rsd_jax.walk`, or traversal verification) decides what is accepted.
 3. **Commit**: the accepted nodes' KV entries move to slots ``n+1 ..`` in both
    caches; the emitted tokens are appended; the last one is the next root
    (it has no KV yet).
@@ -25,14 +25,13 @@ batch and change nothing.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rsd_jax import drafting, kv_cache, methods, transforms, traversal, walk
+from rsd_jax import drafting, kv_cache, methods, transforms
 from rsd_jax import probes as probe_lib
 from rsd_jax import tree as tree_lib
 
@@ -220,14 +219,8 @@ class Engine:
 
     def verify(self, keys: Array, tree, target_probs: Array, draft_probs: Array):
         """Phase 3: the method's tree verifier on every row (a batched ``WalkResult``)."""
-        spec = self.method.spec
-        if self.method.traversal:
-            verify_one = functools.partial(traversal.verify_tree, spec=spec, eos_id=self.eos_id)
-        else:
-            verify_one = functools.partial(
-                walk.verify_tree, spec=spec, verifier=self.method.verifier, eos_id=self.eos_id
-            )
-        return jax.vmap(lambda k, t, q, p: verify_one(k, tree=t, target_probs=q, draft_probs=p))(
+        spec, rule = self.method.spec, self.method.tree_verifier
+        return jax.vmap(lambda k, t, q, p: rule.verify(k, spec, t, q, p, self.eos_id))(
             keys, tree, target_probs, draft_probs
         )
 

@@ -86,13 +86,13 @@ def expand_level(
     log_p = transforms.safe_log(probs)
     parent_valid = tree.valid[prev]
     parents = tree.parents
-    if spec.kind == "beam":
+    if spec.runtime_parents:  # beam: SBS picks parents and children together
         phi, score = carry.phi.astype(probs.dtype), carry.score.astype(probs.dtype)
         out = sbs.sbs_level(key, phi, score, parent_valid, log_p, spec.num_sequences, sbs_truncate)
         tokens, ok = out.token, out.valid
         parents = parents.at[cur].set(prev.start + out.parent)
         carry = BeamCarry(phi=out.phi, score=out.score)
-    elif spec.kind == "iid":
+    elif spec.sibling_law == "iid":  # every sequence draws from its own last node
         k = spec.num_sequences
         rows = jnp.broadcast_to(log_p[0], (k, log_p.shape[-1])) if level == 1 else log_p
         row_valid = jnp.broadcast_to(parent_valid[0], (k,)) if level == 1 else parent_valid

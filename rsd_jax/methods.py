@@ -1,13 +1,13 @@
-"""Decoding methods as small factories: a tree shape plus the node verifier that fits it.
+"""Decoding methods as small factories: a tree shape plus the verifiers that fit it.
 
 Adding a method means adding a factory here; nothing in drafting, verification
-or the decoding loop changes. Each method checks that its verifier's proposal
-assumption (i.i.d. siblings or without-replacement siblings) matches how its
-tree is drafted, because a mismatch silently breaks losslessness.
+or the decoding loop changes. Each method checks that its verifiers' sibling
+law (i.i.d. or without replacement) matches how its tree is drafted, because a
+mismatch silently breaks losslessness.
 
-Every tree is verified either node by node from the root (the walk of
-:mod:`rsd_jax.walk` with the method's node verifier) or, with
-``traversal=True``, by sequence-level traversal verification
+A method carries its tree verifier (:mod:`rsd_jax.tree_verifiers`): by default
+the node walk of :mod:`rsd_jax.walk` with the method's node verifier, or, after
+:func:`with_traversal`, sequence-level traversal verification
 (:mod:`rsd_jax.traversal`; block verification on a chain). In the compact
 syntax a ``/tv`` suffix selects traversal: ``"rsd_s:3x2/tv"``, ``"sd:4/tv"``.
 """
@@ -17,14 +17,10 @@ from __future__ import annotations
 import dataclasses
 
 from rsd_jax import tree as tree_lib
-from rsd_jax import verify
+from rsd_jax import tree_verifiers, verify
 
-_PROPOSAL_OF_KIND = {
-    "chain": "iid",
-    "iid": "iid",
-    "branching": "without_replacement",
-    "beam": "without_replacement",
-}
+_LAW = {"iid": "i.i.d.", "without_replacement": "without-replacement"}
+_TRAVERSABLE = ("sd", "rsd_c", "rsd_s")  # names that take /tv: trees of non-i.i.d. siblings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,29 +30,33 @@ class Method:
     Attributes:
       name: display name, e.g. ``"RSD-S"``.
       spec: static draft-tree shape.
-      verifier: node verification rule (the walk's; traversal replaces it).
-      traversal: verify whole paths leaf first (:mod:`rsd_jax.traversal`)
-        instead of walking node by node.
+      verifier: node verification rule: the walk's, and the rule probes
+        (:mod:`rsd_jax.probes`) compare a traversal against.
+      tree_verifier: how the engine verifies each drafted tree
+        (:mod:`rsd_jax.tree_verifiers`); None (the default) means the node
+        walk with ``verifier``.
     """
 
     name: str
     spec: tree_lib.TreeSpec
     verifier: verify.NodeVerifier
-    traversal: bool = False
+    tree_verifier: tree_verifiers.TreeVerifier | None = None
 
     def __post_init__(self):
-        if self.traversal and self.spec.kind == "iid":
-            raise ValueError(
-                "traversal verification needs without-replacement siblings (chain, branching or "
-                "beam trees); i.i.d. trees (MRS/SpecTr) are verified node by node"
-            )
-        # A chain has one child per node: both i.i.d. and without-replacement rules apply.
-        expected = _PROPOSAL_OF_KIND[self.spec.kind]
-        if self.spec.kind != "chain" and self.verifier.proposal != expected:
-            raise ValueError(
-                f"verifier {self.verifier.name!r} assumes {self.verifier.proposal} siblings but a "
-                f"{self.spec.kind} tree drafts {expected} siblings; this would not be lossless"
-            )
+        if self.tree_verifier is None:
+            object.__setattr__(self, "tree_verifier", tree_verifiers.node_walk(self.verifier))
+        for rule in (tree_verifiers.node_walk(self.verifier), self.tree_verifier):
+            if not tree_verifiers.fits(rule, self.spec):
+                raise ValueError(
+                    f"verifier {rule.name!r} assumes {_LAW[rule.sibling_law]} siblings but the "
+                    f"tree {self.spec.describe()} draws {_LAW[self.spec.sibling_law]} siblings; "
+                    "this would not be lossless"
+                )
+
+    @property
+    def traversal(self) -> bool:
+        """Whether trees are verified by traversal rather than walked node by node."""
+        return isinstance(self.tree_verifier, tree_verifiers.Traversal)
 
     @property
     def budget(self) -> int:
@@ -69,16 +69,16 @@ class Method:
         return self.spec.depth
 
     def describe(self) -> str:
-        rule = "traversal" if self.traversal else self.verifier.name
-        return f"{self.name} [{self.spec.describe()}, verifier={rule}]"
+        return f"{self.name} [{self.spec.describe()}, verifier={self.tree_verifier.name}]"
 
 
 def with_traversal(method: Method) -> Method:
     """``method`` verified by traversal (block verification for a chain) instead of node walks."""
     if method.spec.depth == 0:
         raise ValueError("AR drafts nothing: there is no tree to verify by traversal")
-    suffix = "BV" if method.spec.kind == "chain" else "TV"
-    return dataclasses.replace(method, name=f"{method.name}/{suffix}", traversal=True)
+    suffix = "BV" if method.spec.is_chain else "TV"
+    rule = tree_verifiers.traversal()
+    return dataclasses.replace(method, name=f"{method.name}/{suffix}", tree_verifier=rule)
 
 
 def autoregressive() -> Method:
@@ -155,7 +155,7 @@ def parse(text: str) -> Method:
     )
     base, slash, rule = text.strip().partition("/")
     if slash:
-        if rule.strip() != "tv" or base.partition(":")[0] not in ("sd", "rsd_c", "rsd_s"):
+        if rule.strip() != "tv" or base.partition(":")[0] not in _TRAVERSABLE:
             raise ValueError(f"bad method {text!r}: {syntax}")
         return with_traversal(parse(base))
     if text.strip() == "ar":
@@ -172,3 +172,21 @@ def parse(text: str) -> Method:
     except ValueError as e:
         raise ValueError(f"bad method {text!r}: {syntax} ({e})") from None
     return FACTORIES[name](k, length)
+
+
+def parse_name(item: str) -> tuple[str, str]:
+    """Splits a method name without its shape, as sweeps take them, checked.
+
+    ``"rsd_c/tv"`` gives ``("rsd_c", "/tv")`` and ``"sd"`` gives ``("sd", "")``; the
+    method text at shape ``s`` is then ``f"{name}:{s}{suffix}"``, which :func:`parse`
+    reads (e.g. ``"rsd_c:2-2/tv"``).
+
+    Raises:
+      ValueError: an unknown name, or a suffix :func:`parse` would refuse.
+    """
+    base, slash, rule = item.strip().partition("/")
+    if base not in FACTORIES:
+        raise ValueError(f"unknown method {item!r}; choose one of {sorted(FACTORIES)}")
+    if slash and (rule != "tv" or base not in _TRAVERSABLE):
+        raise ValueError(f"bad method {item!r}: only sd, rsd_c and rsd_s take /tv (traversal)")
+    return base, slash + rule

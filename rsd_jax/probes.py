@@ -91,14 +91,15 @@ def round_probes(
     walk_eta = _expected_tokens(
         walk.output_law(spec, tree, target_probs, draft_probs, verifier), tree.depth
     )
-    if spec.kind == "iid":
+    without_replacement = spec.sibling_law == "without_replacement"
+    if not without_replacement:  # traversal needs without-replacement siblings
         tv_eta = jnp.asarray(jnp.nan, dtype)
     else:
         tv_eta = traversal.expected_tokens(spec, tree, target_probs, draft_probs)
     depth, width = max(spec.depth, 1), max(spec.max_children, 1)
     rank_accept = jnp.zeros((depth, width), dtype)
     rank_count = jnp.zeros((depth, width), jnp.int32)
-    if spec.kind != "iid" and spec.depth > 0:
+    if without_replacement and spec.depth > 0:
         b = jnp.arange(1, width + 1)
         for d in range(spec.depth):
             node = 0 if d == 0 else jnp.maximum(result.path[d - 1], 0)
@@ -108,7 +109,7 @@ def round_probes(
             ok = jnp.arange(width) < jnp.sum(kids)
             plan = verifier.plan(target_probs[node], draft_probs[node], tree.tokens[slots], ok)
             a_b = 1.0 - jnp.cumprod(1.0 - plan.accept_prob)
-            if spec.kind == "beam":  # SBS decides child counts: only real ones are data
+            if spec.runtime_parents:  # SBS decides child counts: only real ones are data
                 have = visited & (b <= jnp.sum(kids))
             else:  # fewer valid children = exhausted support: any wider tree has the same
                 have = visited & (b > 0)

@@ -81,17 +81,38 @@ class TreeSpec:
         return np.repeat(np.arange(self.depth + 1), (1,) + self.level_sizes).astype(np.int32)
 
     @property
+    def is_chain(self) -> bool:
+        """A chain spec (SD; AR has no levels): one child per node, so every sibling law
+        fits it."""
+        return self.kind == "chain"
+
+    @property
+    def sibling_law(self) -> str:
+        """How siblings are drawn from their parent's draft law.
+
+        ``"iid"`` (independent draws: ``iid`` trees) or ``"without_replacement"`` (an
+        ordered sample without replacement, Gumbel-Top-k or SBS: ``branching``, ``beam``
+        and ``chain``, whose single child is also an i.i.d. draw, see :attr:`is_chain`).
+        A verifier is lossless only on trees drafted with the sibling law it assumes.
+        """
+        return "iid" if self.kind == "iid" else "without_replacement"
+
+    @property
+    def runtime_parents(self) -> bool:
+        """Whether parents are chosen at run time (``beam``: SBS picks them, so
+        ``parents`` and child counts are data, not static)."""
+        return self.kind == "beam"
+
+    @property
     def max_children(self) -> int:
         """Most candidate children the walk can see at one step (static ``K``)."""
-        if self.kind == "beam":
-            return self.num_sequences
-        if self.kind == "iid":
+        if self.kind in ("beam", "iid"):
             return self.num_sequences
         return max(self.branching, default=1)
 
     def static_parents(self) -> np.ndarray | None:
         """``[N+1]`` parent slot of each slot (root -1), or None if decided at run time."""
-        if self.kind == "beam":
+        if self.runtime_parents:
             return None
         parents = [-1]
         for level in range(1, self.depth + 1):

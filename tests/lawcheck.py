@@ -14,7 +14,6 @@ Thresholds are fixed here, in advance, for every test that uses them:
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import jax
@@ -24,7 +23,7 @@ from scipy import stats
 
 from models import toy
 from rsd_jax import tree as tree_lib
-from rsd_jax import verify, walk
+from rsd_jax import tree_verifiers, verify
 
 EXACT_TOL = 1e-9
 ALPHA = 1e-3
@@ -127,7 +126,7 @@ def enumerate_trees(spec: tree_lib.TreeSpec, draft_table, prefix: tuple):
       ``(trees, probs)``: a batched :class:`tree_lib.Tree` with leading axis T
       and ``[T]`` probabilities summing to one.
     """
-    if spec.kind == "beam":
+    if spec.runtime_parents:
         raise ValueError("beam trees cannot be enumerated")
     n = spec.num_nodes + 1
     order = draft_table.ndim
@@ -149,7 +148,7 @@ def enumerate_trees(spec: tree_lib.TreeSpec, draft_table, prefix: tuple):
         prev = spec.level_slice(level - 1)
         cur = spec.level_slice(level)
         parent_slots = list(range(prev.start, prev.stop))
-        if spec.kind == "iid":
+        if spec.sibling_law == "iid":
             groups = [[parents[s]] for s in range(cur.start, cur.stop)]
             widths = [1] * len(groups)
             child_slots = [[s] for s in range(cur.start, cur.stop)]
@@ -188,19 +187,22 @@ def enumerate_trees(spec: tree_lib.TreeSpec, draft_table, prefix: tuple):
     return trees, probs
 
 
+def tree_rule(verifier) -> tree_verifiers.TreeVerifier:
+    """``verifier`` as a tree verifier: a node verifier is walked, a tree verifier kept."""
+    if isinstance(verifier, verify.NodeVerifier):
+        return tree_verifiers.node_walk(verifier)
+    return verifier
+
+
 def exact_round_law(spec, verifier, draft_table, target_table, prefix, chunk=4096):
     """Exact law of one round's emitted sequence: ``{tuple(tokens): prob}``.
 
     Enumerates every drafted tree, computes each tree's exact outcome law and
-    aggregates over emitted sequences. ``verifier`` is a node verifier (the
-    walk's :func:`rsd_jax.walk.output_law`, with the plans and candidate logic
-    the sampler uses) or a whole-tree law function ``(spec, tree, q, p) ->
-    [N+1, V]`` such as :func:`rsd_jax.traversal.output_law`.
+    aggregates over emitted sequences. ``verifier`` is a tree verifier
+    (:mod:`rsd_jax.tree_verifiers`, whose ``output_law`` uses the plans and
+    candidate logic its sampler uses) or a node verifier, walked.
     """
-    if isinstance(verifier, verify.NodeVerifier):
-        law_of = functools.partial(walk.output_law, verifier=verifier)
-    else:
-        law_of = verifier
+    law_of = tree_rule(verifier).output_law
     trees, probs = enumerate_trees(spec, draft_table, prefix)
     order, vocab = draft_table.ndim, draft_table.shape[-1]
     ctx_prefix = jnp.asarray(toy.context_of(tuple(prefix[:-1]), order, vocab), jnp.int32)

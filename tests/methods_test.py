@@ -1,10 +1,11 @@
-"""rsd_jax.methods: the compact syntax round-trips, bad syntax is refused with the syntax."""
+"""rsd_jax.methods: the compact syntax round-trips, bad syntax is refused with the syntax,
+each method carries the tree verifier that fits its tree."""
 
 from __future__ import annotations
 
 import pytest
 
-from rsd_jax import methods, verify
+from rsd_jax import methods, tree_verifiers, verify
 from rsd_jax import tree as tree_lib
 
 
@@ -15,14 +16,14 @@ def _text(m: methods.Method) -> str:
         base = "ar"
     elif m.verifier.name == "sd":
         base = f"sd:{spec.depth}"
-    elif spec.kind == "iid":
+    elif spec.sibling_law == "iid":
         name = {"mrs": "mrs", "kseq": "spectr"}[m.verifier.name]
         base = f"{name}:{spec.num_sequences}x{spec.depth}"
-    elif spec.kind == "branching":
-        base = "rsd_c:" + "-".join(map(str, spec.branching))
-    else:
+    elif spec.runtime_parents:
         base = f"rsd_s:{spec.num_sequences}x{spec.depth}"
-    return base + ("/tv" if m.traversal else "")
+    else:
+        base = "rsd_c:" + "-".join(map(str, spec.branching))
+    return base + ("/tv" if m.tree_verifier == tree_verifiers.traversal() else "")
 
 
 # (text, name, kind, budget B, draft calls L, verifier)
@@ -45,8 +46,19 @@ def test_parse_builds_the_method_and_round_trips(text, name, kind, budget, calls
     m = methods.parse(text)
     assert (m.name, m.spec.kind, m.budget, m.draft_calls) == (name, kind, budget, calls)
     assert m.verifier.name == rule and m.traversal == text.endswith("/tv")
+    if text.endswith("/tv"):
+        assert m.tree_verifier == tree_verifiers.traversal()
+    else:  # walked node by node with its own rule
+        assert m.tree_verifier == tree_verifiers.node_walk(rule)
+    assert f"verifier={m.tree_verifier.name}]" in m.describe()
     assert _text(m) == text
     assert methods.parse(f"  {text} ") == m  # surrounding blanks are ignored
+
+
+def test_cases_cover_every_method_with_and_without_traversal():
+    covered = {(text.partition(":")[0], text.endswith("/tv")) for text, *_ in CASES}
+    every = {(n, False) for n in methods.FACTORIES} | {(n, True) for n in ("sd", "rsd_c", "rsd_s")}
+    assert covered == every
 
 
 def test_parse_equals_the_factories():
@@ -108,7 +120,52 @@ def test_a_verifier_that_does_not_fit_the_tree_is_refused():
         methods.Method("x", tree_lib.iid(2, 2), verify.get_verifier("rrs"))
     with pytest.raises(ValueError, match="would not be lossless"):
         methods.Method("x", tree_lib.branching((2, 2)), verify.get_verifier("mrs"))
-    with pytest.raises(ValueError, match="i.i.d. trees"):
-        methods.Method("x", tree_lib.iid(2, 2), verify.get_verifier("mrs"), traversal=True)
-    # A chain has one child per node: either kind of rule fits it.
+    traversal = tree_verifiers.traversal()
+    with pytest.raises(ValueError, match="'traversal' assumes without-replacement siblings"):
+        methods.Method("x", tree_lib.iid(2, 2), verify.get_verifier("mrs"), traversal)
+    with pytest.raises(ValueError, match="'mrs' assumes i.i.d. siblings"):  # the tree verifier too
+        rule = tree_verifiers.node_walk("mrs")
+        methods.Method("x", tree_lib.beam(2, 2), verify.get_verifier("rrs"), rule)
+    with pytest.raises(ValueError, match="would not be lossless"):  # and the probes' node rule
+        methods.Method("x", tree_lib.branching((2, 2)), verify.get_verifier("kseq"), traversal)
+    # A chain has one child per node: every rule fits it.
     assert methods.Method("x", tree_lib.chain(2), verify.get_verifier("mrs")).budget == 2
+    assert methods.Method("x", tree_lib.chain(2), verify.get_verifier("rrs"), traversal).traversal
+
+
+def test_a_method_defaults_to_walking_its_node_rule():
+    m = methods.Method("x", tree_lib.branching((2,)), verify.get_verifier("rrs"))
+    assert m.tree_verifier == tree_verifiers.node_walk(verify.get_verifier("rrs"))
+    assert m == methods.Method("x", m.spec, m.verifier, tree_verifiers.node_walk("rrs"))
+
+
+@pytest.mark.parametrize(
+    "item, want",
+    [
+        ("ar", ("ar", "")),
+        ("sd", ("sd", "")),
+        ("rsd_c/tv", ("rsd_c", "/tv")),
+        (" rsd_s ", ("rsd_s", "")),
+    ],
+)
+def test_parse_name_splits_bare_names(item, want):
+    assert methods.parse_name(item) == want
+    name, suffix = want
+    if name != "ar":
+        shape = {"sd": "3", "rsd_c": "2-2", "rsd_s": "2x2"}[name]
+        methods.parse(f"{name}:{shape}{suffix}")  # the documented composition parses
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("foo", "unknown method 'foo'"),
+        ("rsd_s:3x2", "unknown method"),  # a shape is not a name
+        ("mrs/tv", "only sd, rsd_c and rsd_s take /tv"),
+        ("ar/tv", "only sd, rsd_c and rsd_s take /tv"),
+        ("sd/bv", "only sd, rsd_c and rsd_s take /tv"),
+    ],
+)
+def test_parse_name_refuses_what_parse_refuses(item, message):
+    with pytest.raises(ValueError, match=message):
+        methods.parse_name(item)

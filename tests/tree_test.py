@@ -32,6 +32,38 @@ def test_sizes(spec, budget, depth, max_children):
     assert spec.depths[0] == 0 and spec.depths[-1] == depth
 
 
+# (spec, sibling_law, runtime_parents, is_chain)
+QUESTIONS = [
+    (tree_lib.autoregressive(), "without_replacement", False, True),
+    (tree_lib.chain(3), "without_replacement", False, True),
+    (tree_lib.iid(3, 2), "iid", False, False),
+    (tree_lib.branching((2, 1)), "without_replacement", False, False),
+    (
+        tree_lib.branching((1, 1)),
+        "without_replacement",
+        False,
+        False,
+    ),  # drafted and checked as branching
+    (tree_lib.beam(3, 2), "without_replacement", True, False),
+]
+
+
+@pytest.mark.parametrize(
+    "spec,sibling_law,runtime_parents,is_chain",
+    QUESTIONS,
+    ids=lambda x: x.describe() if isinstance(x, tree_lib.TreeSpec) else str(x),
+)
+def test_questions_every_kind_answers(spec, sibling_law, runtime_parents, is_chain):
+    assert spec.sibling_law == sibling_law
+    assert spec.runtime_parents == runtime_parents
+    assert (spec.static_parents() is None) == runtime_parents
+    assert spec.is_chain == is_chain
+
+
+def test_every_kind_is_asked():
+    assert {case[0].kind for case in QUESTIONS} == set(tree_lib.KINDS)
+
+
 def test_branching_parents_are_bfs():
     parents = tree_lib.branching((2, 3)).static_parents()
     np.testing.assert_array_equal(parents, [-1, 0, 0, 1, 1, 1, 2, 2, 2])

@@ -8,8 +8,6 @@ its path.
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -82,13 +80,9 @@ def test_exact_round_negative_controls(spec, bad):
 def _sampled_codes(spec, verifier, draft, target, n, seed, sbs_truncate=True):
     """n vmapped rounds; each output continued by target sampling to L+1 ids; codes.
 
-    ``verifier``: a node verifier (walked) or a whole-tree rule
-    ``(key, spec, tree, q, p) -> WalkResult`` such as traversal verification.
+    ``verifier``: a node verifier (walked) or a tree verifier (:mod:`rsd_jax.tree_verifiers`).
     """
-    if isinstance(verifier, verify.NodeVerifier):
-        verify_fn = functools.partial(walk.verify_tree, verifier=verifier)
-    else:
-        verify_fn = verifier
+    verify_fn = lawcheck.tree_rule(verifier).verify
     vocab, length = target.shape[-1], spec.depth + 1
     order = target.ndim
     ctx = jnp.asarray(toy.context_of(PREFIX[:-1], order, vocab), jnp.int32)
