@@ -34,7 +34,7 @@ from experiments import strict_json  # noqa: E402
 from models import adapter, decoder, testing  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
 from rsd_jax import decode, methods, sharding, transforms  # noqa: E402
-from rsd_jax import generate as gen  # noqa: E402
+from rsd_jax import generation as gen  # noqa: E402
 
 _MESHES = flags.DEFINE_string("meshes", "1x8+2x4+8x1", "'+'-separated DATAxMODEL meshes.")
 _METHOD = flags.DEFINE_string("method", "rsd_s:2x2", "Decoding method.")

@@ -93,7 +93,7 @@ def choose_contexts(lengths: Sequence[int], num: int, min_prefix: int, seed: int
 
 
 def logits_at(model, prompts: Sequence[Sequence[int]], contexts, bucket: int = 64) -> np.ndarray:
-    """``[C, V]`` float32 logits of ``model`` (an ``rsd_jax.generate.Model``) at the contexts.
+    """``[C, V]`` float32 logits of ``model`` (an ``rsd_jax.Model``) at the contexts.
 
     One causal forward per prompt over the whole prompt (padded at the end to a
     multiple of ``bucket``, which leaves the real positions unchanged).

@@ -112,7 +112,7 @@ def param_shardings(model, mesh: Mesh):
 
 
 def place_model(model, mesh: Mesh):
-    """``model`` (a ``rsd_jax.generate.Model``) with its params placed on ``mesh``.
+    """``model`` (a :class:`rsd_jax.interface.Model`) with its params placed on ``mesh``.
 
     Place once and reuse: ``jax.device_put`` of an already placed array is free.
     """

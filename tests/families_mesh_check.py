@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from models import adapter, decoder, testing  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
-from rsd_jax import generate as gen  # noqa: E402
+from rsd_jax import generation as gen  # noqa: E402
 from rsd_jax import sharding, transforms  # noqa: E402
 
 VOCAB = 272  # splits over 8

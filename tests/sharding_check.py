@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from models import adapter, decoder, testing  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
 from rsd_jax import decode, methods, sharding, transforms  # noqa: E402
-from rsd_jax import generate as gen  # noqa: E402
+from rsd_jax import generation as gen  # noqa: E402
 
 VOCAB, VALID = 272, 265  # 272 splits over 8 (vocabulary-parallel head); ids >= 265 banned
 METHODS = ("rsd_c:2-2", "rsd_s:2x2")

@@ -35,7 +35,7 @@ from experiments import runner, sources
 from experiments.configs import default
 from models import decoder, testing, toy
 from models import sharding as model_sharding
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from rsd_jax import sharding, transforms
 from tests import sharding_check as check
 
