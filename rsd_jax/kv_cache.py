@@ -32,7 +32,7 @@ def commit_path(cache, src: Array, dst_start: Array, count: Array):
     """Moves ``count[b]`` entries of row ``b`` from slots ``src[b, :]`` to ``dst_start[b] + i``.
 
     Args:
-      cache: a cache following the protocol above.
+      cache: a cache following the protocol (:mod:`rsd_jax.interface`).
       src: ``[B, A]`` source slots (entries past ``count`` are ignored).
       dst_start: ``[B]`` first destination slot.
       count: ``[B]`` number of entries to move.
