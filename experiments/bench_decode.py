@@ -27,7 +27,7 @@ from absl import app, flags
 
 from experiments import round_timing, sources
 from rsd_jax import decode, methods, transforms
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 
 _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or local path.")
 _DRAFT = flags.DEFINE_string("draft", "qwen2.5-coder-0.5b", "Draft preset or local path.")

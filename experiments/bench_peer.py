@@ -9,7 +9,7 @@ Systems, all on the same dequantized GGUF weights in float32 (transformers loads
 files itself, ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, dtype=float32)``)
 and fed the same token ids (our tokenizer encodes the prompts for both sides):
 
-- ``ours AR`` and ``ours <method>`` for each of ``--methods``: ``rsd_jax.generate.generate``
+- ``ours AR`` and ``ours <method>`` for each of ``--methods``: ``rsd_jax.generate``
   (one compiled loop per method; the prompts share one padded bucket, so one compile);
 - ``HF plain``: ``model.generate`` (greedy at T=0, ancestral sampling at T>0);
 - ``HF assisted (defaults)``: assisted generation with the assistant's default settings
@@ -64,7 +64,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from rsd_jax import methods as methods_lib
 from rsd_jax import transforms
 
@@ -132,7 +132,7 @@ def our_system(
     valid_vocab_size: int | None,
     bucket: int,
 ) -> System:
-    """``rsd_jax.generate.generate`` with ``method`` (one prompt per call, padded to
+    """``rsd_jax.generate`` with ``method`` (one prompt per call, padded to
     ``bucket`` so that all prompts share one compile)."""
     d = draft if method.spec.depth > 0 else None
 

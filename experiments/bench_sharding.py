@@ -30,11 +30,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from experiments import mesh as mesh_lib  # noqa: E402
 from experiments import strict_json  # noqa: E402
 from models import adapter, decoder, testing  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
 from rsd_jax import decode, methods, sharding, transforms  # noqa: E402
-from rsd_jax import generate as gen  # noqa: E402
+from rsd_jax import generation as gen  # noqa: E402
 
 _MESHES = flags.DEFINE_string("meshes", "1x8+2x4+8x1", "'+'-separated DATAxMODEL meshes.")
 _METHOD = flags.DEFINE_string("method", "rsd_s:2x2", "Decoding method.")
@@ -109,7 +110,7 @@ def main(argv):
     method = methods.parse(_METHOD.value)
     settings = [Setting("1 device", None, target, draft, method, _BATCH.value, _ROUNDS.value)]
     for text in filter(None, _MESHES.value.split("+")):
-        mesh = sharding.mesh_from_string(text)
+        mesh = mesh_lib.mesh_from_string(text)
         settings.append(Setting(text, mesh, target, draft, method, _BATCH.value, _ROUNDS.value))
     for _ in range(_REPEATS.value):
         for s in settings:

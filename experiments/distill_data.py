@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import datasets
+from rsd_jax import kv_cache
 
 HELDOUT_EVERY = 20  # turn i is held out when i % HELDOUT_EVERY == 0
 FORMAT = "distill-teacher-v1"
@@ -80,10 +81,7 @@ def make_teacher_fn(apply: Callable, top_k: int):
     """
 
     def fn(params, ids, cache):
-        b, seq = ids.shape
-        positions = jnp.broadcast_to(jnp.arange(seq)[None], (b, seq))
-        mask = jnp.broadcast_to(jnp.tril(jnp.ones((seq, seq), bool))[None], (b, seq, seq))
-        logits, _ = apply(params, ids, positions, mask, cache)
+        logits, _ = kv_cache.prefill(apply, params, ids, cache)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         top_logp, top_ids = jax.lax.top_k(logp, top_k)
         return top_logp, top_ids.astype(jnp.int32)

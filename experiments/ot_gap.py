@@ -43,7 +43,7 @@ from absl import app, flags
 
 from experiments import strict_json
 from experiments import summary as summary_lib
-from rsd_jax import ot_bound, transforms
+from rsd_jax import kv_cache, ot_bound, transforms
 
 _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or local path.")
 _DRAFT = flags.DEFINE_string(
@@ -92,13 +92,15 @@ def choose_contexts(lengths: Sequence[int], num: int, min_prefix: int, seed: int
     return out
 
 
+_prefill = jax.jit(kv_cache.prefill, static_argnums=0)
+
+
 def logits_at(model, prompts: Sequence[Sequence[int]], contexts, bucket: int = 64) -> np.ndarray:
-    """``[C, V]`` float32 logits of ``model`` (an ``rsd_jax.generate.Model``) at the contexts.
+    """``[C, V]`` float32 logits of ``model`` (an ``rsd_jax.Model``) at the contexts.
 
     One causal forward per prompt over the whole prompt (padded at the end to a
     multiple of ``bucket``, which leaves the real positions unchanged).
     """
-    fwd = jax.jit(model.apply)
     rows = []
     for i, ids in enumerate(prompts):
         pos = [t for j, t in contexts if j == i]
@@ -107,11 +109,8 @@ def logits_at(model, prompts: Sequence[Sequence[int]], contexts, bucket: int = 6
         width = -(-len(ids) // bucket) * bucket
         tokens = np.zeros((1, width), np.int32)
         tokens[0, : len(ids)] = ids
-        positions = jnp.arange(width, dtype=jnp.int32)[None]
-        mask = jnp.tril(jnp.ones((width, width), bool))[None]
-        logits, _ = fwd(
-            model.params, jnp.asarray(tokens), positions, mask, model.init_cache(1, width)
-        )
+        cache = model.init_cache(1, width)
+        logits, _ = _prefill(model.apply, model.params, jnp.asarray(tokens), cache)
         rows.append(np.asarray(logits[0, np.asarray(pos)], np.float32))
     return np.concatenate(rows)
 

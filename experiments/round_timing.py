@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsd_jax import decode, kv_cache
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 
 PHASES = (
     "draft_forwards",

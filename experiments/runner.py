@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax
 
+from experiments import mesh as mesh_lib
 from experiments import plan as plan_lib
 from experiments import report, shape_search, sources, strict_json, validate
 from experiments import summary as summary_lib
@@ -67,7 +68,7 @@ _Generator, _bucket, _calibration_prompts = TimedGenerator, bucket_length, calib
 
 def _mesh_sizes(config) -> tuple[int, int] | None:
     """``config.mesh`` as (data, model), or None; checked before any model is loaded."""
-    sizes = sharding.parse_mesh(config.mesh)
+    sizes = mesh_lib.parse_mesh(config.mesh)
     if sizes is not None and sizes[0] != 1:
         raise ValueError(
             f"mesh {config.mesh!r}: the speculative job decodes one prompt at a time, so the "

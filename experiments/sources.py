@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import datasets
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 
 # The paper's sampling settings (docs/algorithms.md, Metrics): (temperature, top_p).
 PAPER_SAMPLING = {"summarise": (0.3, 1.0), "translate": (0.3, 1.0)}
@@ -25,7 +25,7 @@ class Bundle(NamedTuple):
     """Draft and target as the engine sees them, plus what the report needs.
 
     Attributes:
-      target, draft: ``rsd_jax.generate.Model`` (draft None only for AR-only runs).
+      target, draft: ``rsd_jax.Model`` (draft None only for AR-only runs).
       tokenizer: text <-> ids (``encode``/``decode``), or None for toy models.
       eos_id: stop id (-1: none).
       valid_vocab_size: ids at or beyond it get probability 0 (None: all valid).

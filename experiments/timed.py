@@ -19,7 +19,7 @@ import numpy as np
 
 from experiments import sources
 from rsd_jax import decode, transforms
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 
 TIMING_FIELDS = ("seconds", "prefill_seconds", "decode_seconds", "round_seconds")
 

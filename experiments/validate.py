@@ -40,9 +40,10 @@ from __future__ import annotations
 import math
 
 from experiments import datasets
+from experiments import mesh as mesh_lib
 from experiments import plan as plan_lib
 from models.config import DTYPES
-from rsd_jax import methods, sharding
+from rsd_jax import methods
 
 SEED_MAX = 2**32 - 1
 MIN_PROMPT_TOKENS = 2
@@ -226,7 +227,7 @@ def _speculative(config) -> None:
     for key in SPECULATIVE_BOOLS:
         c.boolean(key)
     try:
-        sizes = sharding.parse_mesh(config.mesh)
+        sizes = mesh_lib.parse_mesh(config.mesh)
     except (ValueError, AttributeError):
         sizes = (0, 0)
     if sizes is not None and (sizes[0] != 1 or sizes[1] < 1):

@@ -1,4 +1,4 @@
-"""Adapter from a loaded model to what `rsd_jax` consumes (`rsd_jax.generate.Model`)."""
+"""Adapter from a loaded model to what `rsd_jax` consumes (`rsd_jax.Model`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import functools
 import jax.numpy as jnp
 
 from models import decoder, sharding
+from rsd_jax.interface import Model
 
 
 @functools.cache
@@ -35,12 +36,10 @@ def to_rsd_model(model, vocab_size: int | None = None):
     cut to, or padded with probability-0 ids to, the target's width.
 
     Returns:
-      rsd_jax.generate.Model(apply, params, init_cache(batch, capacity), vocab_size,
+      rsd_jax.Model(apply, params, init_cache(batch, capacity), vocab_size,
       sharding, max_positions), `sharding` being the tensor-parallel rules of
       `models.sharding` and `max_positions` the trained context (0 when unknown).
     """
-    from rsd_jax.generate import Model
-
     config = model.config
     width = vocab_size or config.vocab_size
     if width < config.valid_vocab_size:

@@ -29,6 +29,11 @@ import numpy as np
 
 from models.config import ModelConfig
 from models.errors import PromptTooLongError
+from rsd_jax import kv_cache
+
+# Mask for prefill/decode, causal_mask(index [B], T, S) -> [B, T, S] bool: query t of row b
+# sees slots s <= index[b] + t (index: the cache index *before* the write).
+causal_mask = kv_cache.causal_prefix_mask
 
 # Finite "minus infinity": exp() of it underflows to exactly 0 in float32, and a fully
 # masked attention row stays finite (uniform) instead of NaN.
@@ -41,9 +46,9 @@ class KVCache(NamedTuple):
     Attributes:
       k: [layers, B, S, K, E] keys (RoPE applied).
       v: [layers, B, S, K, E] values.
-      pos: [1, B, S] int32, the token position written at each slot (a leading unit layer
-        axis so that the generic cache operations of `rsd_jax.kv_cache` move it with the
-        keys). Read by sliding-window layers only; 4 bytes per slot.
+      pos: [1, B, S] int32, the token position written at each slot (one layer: the cache
+        protocol of `rsd_jax.interface` lays every field out [L, B, S, ...], so the engine
+        moves it with the keys). Read by sliding-window layers only; 4 bytes per slot.
       index: [B] int32, next write slot of each row.
 
     Size the capacity for the longest prompt plus generation plus one draft tree: inside
@@ -70,21 +75,6 @@ def init_cache(config: ModelConfig, batch: int, capacity: int, dtype=None) -> KV
         pos=jnp.zeros((1, batch, capacity), jnp.int32),
         index=jnp.zeros((batch,), jnp.int32),
     )
-
-
-def causal_mask(index: jax.Array, num_new: int, capacity: int) -> jax.Array:
-    """Mask for prefill/decode: query t of row b sees slots s <= index[b] + t.
-
-    Args:
-      index: [B] int32, the cache index *before* the write.
-      num_new: T, the number of tokens written by the call.
-      capacity: S.
-
-    Returns:
-      [B, T, S] bool.
-    """
-    last = index[:, None] + jnp.arange(num_new)[None, :]  # [B, T] slot of each query
-    return jnp.arange(capacity)[None, None, :] <= last[:, :, None]
 
 
 def check_capacity(cache: KVCache, num_new: int) -> None:
@@ -523,10 +513,7 @@ def prefill(config: ModelConfig, params, tokens, lengths, cache: KVCache):
       (last_logits [B, V] float32 at position lengths[b]-1, cache with index = old + lengths).
       Padding slots are written but lie beyond the index, so later writes overwrite them.
     """
-    check_capacity(cache, tokens.shape[1])
-    start = cache.index
-    positions = start[:, None] + jnp.arange(tokens.shape[1])[None, :]
-    mask = causal_mask(start, tokens.shape[1], cache.capacity)
-    logits, cache = forward(config, params, tokens, positions, mask, cache)
+    apply = functools.partial(forward, config)  # checks the capacity when called eagerly
+    logits, cache = kv_cache.prefill(apply, params, tokens, cache, lengths)
     last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    return last, cache._replace(index=start + lengths)
+    return last, cache

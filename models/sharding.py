@@ -19,7 +19,7 @@ divides evenly (query heads come in groups of heads / kv_heads per kv head, so t
 otherwise q, k, v and o are all replicated. The KV cache `[layers, B, S, K, E]` puts B on
 "data" and the kv heads K on "model" when attention is split.
 
-`model_sharding(config)(mesh)` is what `rsd_jax.generate.Model.sharding` expects
+`model_sharding(config)(mesh)` is what `rsd_jax.Model.sharding` expects
 (`models.adapter.to_rsd_model` sets it).
 """
 

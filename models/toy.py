@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsd_jax import tree as tree_lib
+from rsd_jax.interface import BATCH_AXIS
 
 Array = jax.Array
 
@@ -108,24 +109,24 @@ def tree_probs(table: Array, prefix: Array, tree: tree_lib.Tree) -> Array:
 
 
 class ToyCache(NamedTuple):
-    """Cache of the toy cached LM, following the rsd_jax cache protocol.
+    """Cache of the toy cached LM, following the cache protocol of ``rsd_jax.interface``.
 
     Attributes:
-      k: ``[1, B, S, 1, 1]`` token id stored at each slot (as float32).
-      v: ``[1, B, S, 1, 1]`` position of that token (as float32).
+      tokens: ``[1, B, S]`` int32, the token id stored at each slot (one layer).
+      positions: ``[1, B, S]`` int32, the position of that token.
       index: ``[B]`` next write slot.
     """
 
-    k: Array
-    v: Array
+    tokens: Array
+    positions: Array
     index: Array
 
 
 def init_toy_cache(batch: int, capacity: int) -> ToyCache:
-    shape = (1, batch, capacity, 1, 1)
+    shape = (1, batch, capacity)
     return ToyCache(
-        k=jnp.zeros(shape, jnp.float32),
-        v=jnp.zeros(shape, jnp.float32),
+        tokens=jnp.zeros(shape, jnp.int32),
+        positions=jnp.zeros(shape, jnp.int32),
         index=jnp.zeros((batch,), jnp.int32),
     )
 
@@ -143,22 +144,20 @@ def cached_forward(table: Array, tokens: Array, positions: Array, mask: Array, c
     order, vocab = table.ndim, table.shape[-1]
     b, t = tokens.shape
 
-    def write(x, idx, vals):  # x [1, S, 1, 1]
-        return jax.lax.dynamic_update_slice(x, vals[None, :, None, None], (0, idx, 0, 0))
+    def write(x, idx, vals):  # x [1, S]: one row
+        return jax.lax.dynamic_update_slice(x, vals[None, :], (0, idx))
 
-    k = jax.vmap(write, in_axes=(1, 0, 0), out_axes=1)(
-        cache.k, cache.index, tokens.astype(jnp.float32)
+    rows = jax.vmap(write, in_axes=(BATCH_AXIS, 0, 0), out_axes=BATCH_AXIS)
+    cache = ToyCache(
+        tokens=rows(cache.tokens, cache.index, tokens.astype(jnp.int32)),
+        positions=rows(cache.positions, cache.index, positions.astype(jnp.int32)),
+        index=cache.index + t,
     )
-    v = jax.vmap(write, in_axes=(1, 0, 0), out_axes=1)(
-        cache.v, cache.index, positions.astype(jnp.float32)
-    )
-    cache = ToyCache(k=k, v=v, index=cache.index + t)
     if order == 1:
         logits = jnp.broadcast_to(safe_log_table(table), (b, t, vocab))
         return logits, cache
-    slot_tok = k[0, :, :, 0, 0].astype(jnp.int32)  # [B, S]
-    slot_pos = v[0, :, :, 0, 0]
-    scores = jnp.where(mask, slot_pos[:, None, :], -1.0)  # [B, T, S]
+    slot_tok, slot_pos = cache.tokens[0], cache.positions[0]  # [B, S]
+    scores = jnp.where(mask, slot_pos[:, None, :], -1)  # [B, T, S]
     top_pos, top_idx = jax.lax.top_k(scores, order - 1)  # newest first
     ctx = jnp.take_along_axis(jnp.broadcast_to(slot_tok[:, None, :], scores.shape), top_idx, -1)
     ctx = jnp.where(top_pos >= 0, ctx, vocab)[..., ::-1]  # oldest first, padded

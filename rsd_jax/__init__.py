@@ -3,15 +3,15 @@
 Pure, model-agnostic building blocks, all jit/vmap friendly with explicit PRNG
 keys. See docs/api.md for the API and docs/algorithms.md for the mathematics.
 
-``Model`` (a model as the algorithms see it) and ``parse`` (the compact method syntax)
-are re-exported here. The ``generate`` function is not: a package attribute of that name
-would hide the module ``rsd_jax.generate`` (``from rsd_jax import generate as gen`` would
-return the function), so it stays ``rsd_jax.generate.generate``.
+Start with :mod:`rsd_jax.interface` (what a model must provide). The entry points are
+re-exported here: ``generate`` (the function; its module is :mod:`rsd_jax.generation`),
+``Model``, ``SamplingParams`` and ``parse`` (the compact method syntax).
 """
 
 from rsd_jax.drafting import draft_tree, empty_tree
-from rsd_jax.generate import Model
+from rsd_jax.generation import generate
 from rsd_jax.gumbel import gumbel_top_k, ordered_sample_prob, without_replacement_laws
+from rsd_jax.interface import Model
 from rsd_jax.methods import parse
 from rsd_jax.sbs import BeamLevel, sbs_level, truncated_gumbel_scores
 from rsd_jax.transforms import (
@@ -59,6 +59,7 @@ __all__ = [
     "chain",
     "draft_tree",
     "empty_tree",
+    "generate",
     "get_verifier",
     "gumbel_top_k",
     "iid",

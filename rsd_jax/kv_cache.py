@@ -1,10 +1,7 @@
 """Model-agnostic KV-cache operations the decoding engine needs.
 
-Cache protocol (what ``rsd_jax`` assumes of a model's cache): a NamedTuple with
-an ``index`` field (``[B]`` int32, the next write slot of each row; the forward
-writes its ``T`` inputs at ``index .. index + T - 1`` and returns ``index + T``)
-and any number of other array fields laid out ``[layers, B, S, ...]`` (batch on
-axis 1, slot on axis 2). ``models.decoder.KVCache`` and the toy models follow it.
+The caches follow the protocol of :mod:`rsd_jax.interface` (``index`` plus arrays laid
+out ``[L, B, S, ...]``); ``models.decoder.KVCache`` and the toy models' caches do.
 
 Committing the accepted path is a gather + write: the entries of the accepted
 nodes move to contiguous slots right after the prefix. Stale slots need no
@@ -16,6 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rsd_jax.interface import BATCH_AXIS, SLOT_AXIS, cache_arrays, map_cache
+
 Array = jax.Array
 
 
@@ -26,15 +25,14 @@ def set_index(cache, index: Array):
 
 def capacity(cache) -> int:
     """Slots per row ``S`` (static)."""
-    fields = [v for k, v in cache._asdict().items() if k != "index"]
-    return int(fields[0].shape[2])
+    return int(cache_arrays(cache)[0].shape[SLOT_AXIS])
 
 
 def commit_path(cache, src: Array, dst_start: Array, count: Array):
     """Moves ``count[b]`` entries of row ``b`` from slots ``src[b, :]`` to ``dst_start[b] + i``.
 
     Args:
-      cache: a cache following the protocol above.
+      cache: a cache following the protocol (:mod:`rsd_jax.interface`).
       src: ``[B, A]`` source slots (entries past ``count`` are ignored).
       dst_start: ``[B]`` first destination slot.
       count: ``[B]`` number of entries to move.
@@ -44,21 +42,18 @@ def commit_path(cache, src: Array, dst_start: Array, count: Array):
       so overlapping ranges are safe). ``index`` is unchanged.
     """
     num = src.shape[1]
+    slot = SLOT_AXIS - (BATCH_AXIS < SLOT_AXIS)  # the slot axis of one row
+    lead = (slice(None),) * slot
 
-    def row(x, s, start, n):  # x: [layers, S, ...]
-        size = x.shape[1]
+    def row(x, s, start, n):  # x: one row, [L, S, ...]
+        size = x.shape[slot]
         keep = jnp.arange(num) < n
-        values = x[:, jnp.clip(s, 0, size - 1)]
+        values = x[(*lead, jnp.clip(s, 0, size - 1))]
         dst = jnp.where(keep, start + jnp.arange(num), size)  # out of range -> dropped
-        return x.at[:, dst].set(values, mode="drop")
+        return x.at[(*lead, dst)].set(values, mode="drop")
 
-    moved = {
-        name: value
-        if name == "index"
-        else jax.vmap(row, in_axes=(1, 0, 0, 0), out_axes=1)(value, src, dst_start, count)
-        for name, value in cache._asdict().items()
-    }
-    return type(cache)(**moved)
+    rows = jax.vmap(row, in_axes=(BATCH_AXIS, 0, 0, 0), out_axes=BATCH_AXIS)
+    return map_cache(lambda x: rows(x, src, dst_start, count), cache)
 
 
 def prefix_tree_mask(length: Array, ancestors: Array, capacity_: int) -> Array:
@@ -97,3 +92,31 @@ def causal_prefix_mask(start: Array, num: int, capacity_: int) -> Array:
     s = jnp.arange(capacity_)[None, None, :]
     last = start[:, None, None] + jnp.arange(num)[None, :, None]
     return s <= last
+
+
+def prefill(apply, params, tokens: Array, cache, lengths: Array | None = None):
+    """Writes ``tokens`` ``[B, T]`` from each row's ``cache.index`` under a causal mask.
+
+    The one prefill of the package: the engine's, ``models.decoder.prefill`` and the
+    experiments' whole-prompt scoring call it.
+
+    Args:
+      apply: the model's forward (:class:`rsd_jax.interface.Forward`).
+      params: its parameters.
+      tokens: ``[B, T]`` ids; token ``t`` of row ``b`` goes to slot and position
+        ``index[b] + t``.
+      cache: a cache following the protocol; rows start at their current ``index``.
+      lengths: ``[B]`` true lengths of right-padded rows: the returned index is
+        ``index + lengths`` (later writes overwrite the padding). None: ``index + T``.
+
+    Returns:
+      ``(logits [B, T, V], cache)``.
+    """
+    start = cache.index
+    num = tokens.shape[1]
+    positions = start[:, None] + jnp.arange(num)[None, :]
+    mask = causal_prefix_mask(start, num, capacity(cache))
+    logits, cache = apply(params, tokens, positions, mask, cache)
+    if lengths is not None:
+        cache = set_index(cache, start + lengths)
+    return logits, cache

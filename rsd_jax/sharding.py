@@ -3,7 +3,8 @@
 A 2-D mesh with axes ``("data", "model")``:
 
 - ``"data"`` splits the batch: every ``[B, ...]`` field of the
-  :class:`~rsd_jax.decode.DecodeState` and the batch axis (axis 1) of both KV caches.
+  :class:`~rsd_jax.decode.DecodeState` and the batch axis of both KV caches
+  (:data:`rsd_jax.interface.BATCH_AXIS` of their ``[L, B, S, ...]`` arrays).
 - ``"model"`` is tensor parallelism inside the models. ``rsd_jax`` is
   model-agnostic, so the partition of a model's parameters and of the trailing
   axes of its cache comes from the model (``Model.sharding``, a callable
@@ -29,8 +30,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rsd_jax.interface import BATCH_AXIS, map_cache
+
 DATA, MODEL = "data", "model"
-DEFAULT_CACHE_SPEC = P(None, DATA)  # [layers, B, S, ...]: batch on "data", the rest replicated
+# A cache's [L, B, S, ...] arrays: batch on "data", the rest replicated.
+DEFAULT_CACHE_SPEC = P(*[None] * BATCH_AXIS, DATA)
 
 
 class ModelSharding(NamedTuple):
@@ -38,8 +42,8 @@ class ModelSharding(NamedTuple):
 
     Attributes:
       params: a pytree of PartitionSpecs matching the params (or one spec for all).
-      cache: the PartitionSpec of the cache's ``[layers, B, S, ...]`` fields (the
-        ``index`` field is always split over ``"data"``).
+      cache: the PartitionSpec of the cache's ``[L, B, S, ...]`` arrays (the ``index``
+        field is always split over ``"data"``).
     """
 
     params: Any
@@ -74,27 +78,6 @@ def make_mesh(data: int, model: int, devices=None) -> Mesh:
     return Mesh(grid, (DATA, MODEL))
 
 
-def parse_mesh(text: str) -> tuple[int, int] | None:
-    """``"2x4"`` -> ``(2, 4)`` (data x model); ``""`` -> None (one device).
-
-    Raises:
-      ValueError: anything else.
-    """
-    text = text.strip().lower()
-    if not text:
-        return None
-    parts = text.split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"mesh {text!r} is not of the form DATAxMODEL, e.g. '1x8' or '2x4'")
-    return int(parts[0]), int(parts[1])
-
-
-def mesh_from_string(text: str, devices=None) -> Mesh | None:
-    """:func:`make_mesh` from ``"DATAxMODEL"``; None for ``""``."""
-    sizes = parse_mesh(text)
-    return None if sizes is None else make_mesh(*sizes, devices=devices)
-
-
 def model_sharding(model, mesh: Mesh) -> ModelSharding:
     """The model's own rules (``model.sharding``), or replicated params and a batch-split cache."""
     rules = getattr(model, "sharding", None)
@@ -112,7 +95,7 @@ def param_shardings(model, mesh: Mesh):
 
 
 def place_model(model, mesh: Mesh):
-    """``model`` (a ``rsd_jax.generate.Model``) with its params placed on ``mesh``.
+    """``model`` (a :class:`rsd_jax.interface.Model`) with its params placed on ``mesh``.
 
     Place once and reuse: ``jax.device_put`` of an already placed array is free.
     """
@@ -131,7 +114,7 @@ class Layout:
 
     Attributes:
       mesh: the ``("data", "model")`` mesh.
-      target_cache: PartitionSpec of the target cache's ``[layers, B, S, ...]`` fields.
+      target_cache: PartitionSpec of the target cache's ``[L, B, S, ...]`` arrays.
       draft_cache: the same for the draft cache.
     """
 
@@ -161,19 +144,17 @@ class Layout:
         return NamedSharding(self.mesh, spec)
 
     def cache_shardings(self, cache, spec: P):
-        """NamedShardings of a cache (a NamedTuple following the rsd_jax cache protocol).
+        """NamedShardings of a cache (following the protocol of :mod:`rsd_jax.interface`).
 
-        ``spec`` is that of the widest fields; a field of lower rank (e.g. per-slot
+        ``spec`` is that of the widest arrays; one of lower rank (e.g. per-slot
         positions ``[1, B, S]``) takes its leading entries.
         """
         if cache is None:
             return None
-
-        def field(name, value):
-            return P(DATA) if name == "index" else P(*tuple(spec)[: len(value.shape)])
-
-        return type(cache)(
-            **{name: self._named(field(name, value)) for name, value in cache._asdict().items()}
+        return map_cache(
+            lambda x: self._named(P(*tuple(spec)[: len(x.shape)])),
+            cache,
+            lambda index: self._named(P(DATA)),
         )
 
     def state_shardings(self, state):

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from rsd_jax import metrics, transforms
 
 loading = pytest.importorskip("models.loading")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from rsd_jax import transforms
 from tests import lawcheck
 

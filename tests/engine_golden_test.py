@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from models import adapter, decoder, testing, toy
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from rsd_jax import transforms
 
 GOLDEN = Path(__file__).parent / "data" / "engine_golden.json"

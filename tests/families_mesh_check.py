@@ -21,9 +21,10 @@ import json  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments import mesh as mesh_lib  # noqa: E402
 from models import adapter, decoder, testing  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
-from rsd_jax import generate as gen  # noqa: E402
+from rsd_jax import generation as gen  # noqa: E402
 from rsd_jax import sharding, transforms  # noqa: E402
 
 VOCAB = 272  # splits over 8
@@ -64,7 +65,7 @@ def main():
     for name, s in samplings.items():
         ref = gen.generate(target, draft, prompts, "rsd_s:2x2", sampling=s, **kw).tokens
         for mesh_text in ("2x4", "8x1"):
-            mesh = sharding.mesh_from_string(mesh_text)
+            mesh = mesh_lib.mesh_from_string(mesh_text)
             t, d = sharding.place_model(target, mesh), sharding.place_model(draft, mesh)
             out = gen.generate(t, d, prompts, "rsd_s:2x2", sampling=s, mesh=mesh, **kw).tokens
             result[f"{name}/{mesh_text}"] = out == ref

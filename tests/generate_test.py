@@ -1,4 +1,4 @@
-"""rsd_jax.generate entry checks: prompt ids inside the vocabulary, trained context."""
+"""rsd_jax.generation entry checks: prompt ids inside the vocabulary, trained context."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from models import toy
 from rsd_jax import decode, methods
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 
 V = 4
 

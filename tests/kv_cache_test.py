@@ -1,4 +1,4 @@
-"""rsd_jax.kv_cache: committing a path moves entries (overlapping ranges too); tree masks."""
+"""rsd_jax.kv_cache: committing a path moves entries (overlapping ranges too); masks; prefill."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ LAYERS, B, S, D = 2, 2, 12, 3
 
 
 class Cache(NamedTuple):
-    k: jnp.ndarray  # [layers, B, S, D]
-    v: jnp.ndarray  # [layers, B, S]
+    """Follows rsd_jax.interface: [L, B, S, ...] arrays of any rank >= 3 and dtype."""
+
+    k: jnp.ndarray  # [layers, B, S, D] float32
+    v: jnp.ndarray  # [layers, B, S] int32
     index: jnp.ndarray  # [B]
 
 
@@ -26,7 +28,7 @@ def _cache() -> Cache:
     layer, row, slot = np.meshgrid(np.arange(LAYERS), np.arange(B), np.arange(S), indexing="ij")
     v = 1000.0 * layer + 100.0 * row + slot
     k = v[..., None] + 0.1 * np.arange(D)
-    return Cache(jnp.asarray(k, jnp.float32), jnp.asarray(-v, jnp.float32), jnp.array([7, 9]))
+    return Cache(jnp.asarray(k, jnp.float32), jnp.asarray(-v, jnp.int32), jnp.array([7, 9]))
 
 
 def _reference(cache: Cache, src, dst_start, count) -> dict:
@@ -117,3 +119,24 @@ def test_set_index_and_capacity():
     cache = kv_cache.set_index(_cache(), np.array([1, 2]))
     assert cache.index.dtype == jnp.int32 and cache.index.tolist() == [1, 2]
     assert kv_cache.capacity(cache) == S
+
+
+def test_prefill_writes_causally_from_each_rows_index():
+    """A forward that records what it is given: tokens at ``index + t``, positions
+    ``index + t``, query ``t`` sees slots ``<= index + t``; ``lengths`` sets the new index."""
+    seen = {}
+
+    def apply(params, tokens, positions, mask, cache):
+        seen.update(positions=positions, mask=mask, index=cache.index)
+        logits = jnp.zeros(tokens.shape + (5,)) + params
+        return logits, cache._replace(index=cache.index + tokens.shape[1])
+
+    cache = kv_cache.set_index(_cache(), np.array([2, 0]))
+    tokens = jnp.ones((B, 3), jnp.int32)
+    logits, out = kv_cache.prefill(apply, 1.0, tokens, cache, jnp.array([3, 2]))
+    chex.assert_shape(logits, (B, 3, 5))
+    np.testing.assert_array_equal(seen["positions"], [[2, 3, 4], [0, 1, 2]])
+    np.testing.assert_array_equal(seen["mask"], kv_cache.causal_prefix_mask(cache.index, 3, S))
+    np.testing.assert_array_equal(out.index, [5, 2])
+    _, out = kv_cache.prefill(apply, 1.0, tokens, cache)
+    np.testing.assert_array_equal(out.index, [5, 3])  # no lengths: index + T

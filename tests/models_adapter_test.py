@@ -7,9 +7,7 @@ import pytest
 
 from models import adapter, decoder, testing
 from models.loading import LoadedModel
-
-generate = pytest.importorskip("rsd_jax.generate")
-transforms = pytest.importorskip("rsd_jax.transforms")
+from rsd_jax import generate, transforms
 
 
 def _model(key, **kw):
@@ -25,9 +23,9 @@ def test_greedy_speculative_equals_autoregressive():
     prompts = [[3, 40, 41, 42], [5, 6]]
     greedy = transforms.SamplingParams(temperature=0.0)
     kw = dict(key=jax.random.key(0), max_new_tokens=12, sampling=greedy, valid_vocab_size=250)
-    ar = generate.generate(target, None, prompts, "ar", **kw)
+    ar = generate(target, None, prompts, "ar", **kw)
     for method in ("sd:3", "rsd_s:2x2"):
-        out = generate.generate(target, draft, prompts, method, **kw)
+        out = generate(target, draft, prompts, method, **kw)
         assert out.tokens == ar.tokens, method
     assert all(len(t) == 12 and max(t) < 250 for t in ar.tokens)
 
@@ -40,13 +38,13 @@ def test_a_draft_padded_differently_fits_the_targets_width():
     greedy = transforms.SamplingParams(temperature=0.0)
     kw = dict(key=jax.random.key(0), max_new_tokens=10, sampling=greedy, valid_vocab_size=250)
     prompts = [[3, 40, 41, 42], [5, 6]]
-    ar = generate.generate(target, None, prompts, "ar", **kw)
+    ar = generate(target, None, prompts, "ar", **kw)
     for rows in (256, 300):  # fewer and more padding rows than the target
         loaded = _model(1, layers=1, vocab_size=rows)
         draft = adapter.to_rsd_model(loaded, vocab_size=target.vocab_size)
         assert draft.vocab_size == target.vocab_size
         for method in ("sd:3", "rsd_c:2-2"):
-            out = generate.generate(target, draft, prompts, method, **kw)
+            out = generate(target, draft, prompts, method, **kw)
             assert out.tokens == ar.tokens, (rows, method)
     with pytest.raises(ValueError, match="valid"):
         adapter.to_rsd_model(_model(1), vocab_size=200)

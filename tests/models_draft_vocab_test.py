@@ -11,7 +11,7 @@ import pytest
 
 from models import adapter, decoder, draft_vocab, testing
 from models.loading import LoadedModel
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from tests import lawcheck
 
 

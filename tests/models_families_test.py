@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from models import adapter, decoder, hf_loader, load_model, sharding, testing
 from models.loading import LoadedModel
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from rsd_jax import kv_cache, transforms
 
 

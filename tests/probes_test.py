@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from tests.decode_test import _models
 
 Z_MAX = 4.0

@@ -32,10 +32,11 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from experiments import mesh as mesh_lib  # noqa: E402
 from models import adapter, decoder, testing  # noqa: E402
 from models.loading import LoadedModel  # noqa: E402
 from rsd_jax import decode, methods, sharding, transforms  # noqa: E402
-from rsd_jax import generate as gen  # noqa: E402
+from rsd_jax import generation as gen  # noqa: E402
 
 VOCAB, VALID = 272, 265  # 272 splits over 8 (vocabulary-parallel head); ids >= 265 banned
 METHODS = ("rsd_c:2-2", "rsd_s:2x2")
@@ -108,7 +109,7 @@ def compare_outputs(target, draft, batch_prompts):
             for name, s in SAMPLINGS.items()
         }
         for mesh_text in MESHES:
-            mesh = sharding.mesh_from_string(mesh_text)
+            mesh = mesh_lib.mesh_from_string(mesh_text)
             layout = sharding.Layout.for_models(mesh, target, draft)
             t, d = sharding.place_model(target, mesh), sharding.place_model(draft, mesh)
             drivers = [("while", name) for name in SAMPLINGS]
@@ -147,7 +148,7 @@ def compare_outputs(target, draft, batch_prompts):
                     case["error"] = traceback.format_exc()
                 cases.append(case)
     try:
-        mesh = sharding.mesh_from_string("8x1")
+        mesh = mesh_lib.mesh_from_string("8x1")
         gen.generate(target, draft, batch_prompts[:4], METHODS[0], mesh=mesh, **kw)
         batch_error = "no error"
     except ValueError as e:
@@ -218,7 +219,7 @@ def inspect_hlo(target, draft, batch_prompts):
     keys = jax.random.split(jax.random.PRNGKey(0), BATCH)
     sizes = _weight_sizes(target.params, draft.params)
     for mesh_text in (*MESHES, "2x4 negative control"):
-        mesh = sharding.mesh_from_string(mesh_text.split()[0])
+        mesh = mesh_lib.mesh_from_string(mesh_text.split()[0])
         t, d = sharding.place_model(target, mesh), sharding.place_model(draft, mesh)
         layout = sharding.Layout.for_models(mesh, t, d)
         engine = decode.Engine(method, t.apply, d.apply, VOCAB, VALID)

@@ -12,8 +12,8 @@ starts, and the rest of the suite runs on one device) and assert on the JSON it 
   MLP down) and gathers neither a weight nor a KV cache, while a negative control whose
   step forces the weights to be replicated is flagged by the same check.
 
-The in-process tests cover the partition rules, the mesh helpers' errors and a one-device
-mesh end to end.
+The in-process tests cover the partition rules, make_mesh's errors and a one-device mesh end
+to end (parsing mesh specs: tests/experiments_mesh_test.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from experiments import runner, sources
 from experiments.configs import default
 from models import decoder, testing, toy
 from models import sharding as model_sharding
-from rsd_jax import generate as gen
+from rsd_jax import generation as gen
 from rsd_jax import sharding, transforms
 from tests import sharding_check as check
 
@@ -180,13 +180,7 @@ def test_negative_control_is_flagged(hlo):
 # ---------------------------------------------------------------- in-process (one device)
 
 
-def test_parse_and_make_mesh_errors():
-    assert sharding.parse_mesh("1x8") == (1, 8)
-    assert sharding.parse_mesh(" 2X4 ") == (2, 4)
-    assert sharding.parse_mesh("") is None
-    for bad in ("8", "1x", "axb", "1x2x3"):
-        with pytest.raises(ValueError, match="DATAxMODEL"):
-            sharding.parse_mesh(bad)
+def test_make_mesh_errors():
     with pytest.raises(ValueError, match=r"needs 8 devices, but 1"):
         sharding.make_mesh(2, 4)
     with pytest.raises(ValueError, match=">= 1"):

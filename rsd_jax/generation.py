@@ -1,4 +1,7 @@
-"""Public generation API and the two drivers of the decoding step.
+"""Public generation API (:func:`generate`) and the two drivers of the decoding step.
+
+The models are :class:`rsd_jax.interface.Model` (the forward and cache contract);
+prompts are padded and checked by :mod:`rsd_jax.prompts`.
 
 * :func:`run` drives :meth:`Engine.step` with a ``lax.while_loop`` until every
   row is done: one compiled program, no per-token Python (speed).
@@ -14,9 +17,8 @@ shapes never retrace. With a :class:`~rsd_jax.sharding.Layout` (or ``mesh=`` in
 from __future__ import annotations
 
 import functools
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,32 +26,11 @@ import numpy as np
 
 from rsd_jax import decode, kv_cache, methods, sharding, transforms
 from rsd_jax import probes as probe_lib
+from rsd_jax.interface import BATCH_AXIS, Model, map_cache
+from rsd_jax.prompts import check_context, check_token_ids, pad_prompts
 
 Array = jax.Array
 _DEFAULT_SAMPLING = transforms.SamplingParams()
-
-
-class Model(NamedTuple):
-    """A model as rsd_jax sees it.
-
-    Attributes:
-      apply: ``(params, tokens[B,T], positions[B,T], mask[B,T,S], cache)
-        -> (logits[B,T,V], cache)``.
-      params: its parameters (a pytree; passed as a jit argument, never baked in).
-      init_cache: ``(batch, capacity) -> cache`` following the rsd_jax cache protocol.
-      vocab_size: logits width ``V``.
-      sharding: optional ``(params, mesh) -> rsd_jax.sharding.ModelSharding``, the
-        model's partition rules for multi-device runs (None: replicated params).
-      max_positions: the context length it was trained for (0: unknown); prompts whose
-        length plus ``max_new_tokens`` exceed it draw a warning.
-    """
-
-    apply: Callable
-    params: Any
-    init_cache: Callable
-    vocab_size: int
-    sharding: Callable | None = None
-    max_positions: int = 0
 
 
 class Result(NamedTuple):
@@ -67,73 +48,11 @@ class Result(NamedTuple):
     state: decode.DecodeState
 
 
-def _id_error(row: int, position: int, token, vocab_size: int) -> ValueError:
-    return ValueError(
-        f"token id {token} (prompt {row}, position {position}) is outside the vocabulary "
-        f"[0, {vocab_size})"
-    )
-
-
-def check_token_ids(prompts: Sequence[Sequence[int]], vocab_size: int) -> None:
-    """Raises ValueError naming the first prompt id outside ``[0, vocab_size)``.
-
-    An id past the vocabulary would read an embedding out of bounds (NaN) and a negative
-    one would wrap around to the last ids, so neither may reach the model.
-    """
-    for row, p in enumerate(prompts):
-        ids = np.asarray(p)
-        if ids.dtype.kind in "iu" and ids.ndim == 1:
-            bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
-            if bad.size:
-                raise _id_error(row, int(bad[0]), int(ids[bad[0]]), vocab_size)
-            continue
-        for i, t in enumerate(p):  # ints beyond int64, or not ints at all
-            if not (isinstance(t, int | np.integer) and not isinstance(t, bool)):
-                raise ValueError(f"prompt {row}, position {i}: token ids are integers, got {t!r}")
-            if not 0 <= t < vocab_size:
-                raise _id_error(row, i, t, vocab_size)
-
-
-def _check_context(models, longest: int, max_new_tokens: int) -> None:
-    """Warns when ``longest + max_new_tokens`` passes a model's trained context."""
-    for name, model in models:
-        limit = getattr(model, "max_positions", 0) if model is not None else 0
-        if limit and longest + max_new_tokens > limit:
-            warnings.warn(
-                f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} needs "
-                f"{longest + max_new_tokens} positions, more than the {name}'s trained context "
-                f"of {limit}: its predictions past position {limit} are unreliable",
-                stacklevel=3,
-            )
-
-
-def pad_prompts(prompts: Sequence[Sequence[int]], bucket: int | None = None):
-    """Right-pads prompts into ``[B, P]`` int32 plus ``[B]`` lengths.
-
-    ``P`` is ``bucket`` if given (prompts of one bucket share a compiled step),
-    else the longest prompt.
-    """
-    if not prompts:
-        raise ValueError("no prompts given")
-    lengths = [len(p) for p in prompts]
-    width = bucket or max(lengths)
-    if max(lengths) > width:
-        raise ValueError(f"a prompt has {max(lengths)} tokens, more than the bucket {width}")
-    out = np.zeros((len(prompts), width), np.int32)
-    for i, p in enumerate(prompts):
-        out[i, : len(p)] = p
-    return jnp.asarray(out), jnp.asarray(lengths, jnp.int32)
-
-
 @functools.lru_cache(maxsize=64)
 def _prefill_fn(apply, layout=None, spec=None):
     def prefill(params, cache, prompts):
-        b, p = prompts.shape
-        cap = kv_cache.capacity(cache)
-        start = jnp.zeros((b,), jnp.int32)
-        positions = jnp.broadcast_to(jnp.arange(p)[None, :], (b, p))
-        mask = kv_cache.causal_prefix_mask(start, p, cap)
-        _, cache = apply(params, prompts, positions, mask, kv_cache.set_index(cache, start))
+        start = jnp.zeros((prompts.shape[0],), jnp.int32)
+        _, cache = kv_cache.prefill(apply, params, prompts, kv_cache.set_index(cache, start))
         if layout is not None:
             cache = jax.lax.with_sharding_constraint(cache, layout.cache_shardings(cache, spec))
         return cache
@@ -177,13 +96,11 @@ def init_state(
         raise ValueError(f"prompts need at least {minimum} tokens for {engine.method.name}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    ids = np.asarray(prompts)
-    bad = (np.arange(bucket)[None, :] < lengths[:, None]) & ((ids < 0) | (ids >= target.vocab_size))
-    if bad.any():
-        row, pos = (int(x[0]) for x in np.nonzero(bad))
-        raise _id_error(row, pos, int(ids[row, pos]), target.vocab_size)
+    check_token_ids(
+        [p[:n] for p, n in zip(np.asarray(prompts), lengths, strict=True)], target.vocab_size
+    )
     drafting = engine.method.spec.depth > 0
-    _check_context(
+    check_context(
         (("target", target), ("draft", draft if drafting else None)),
         int(lengths.max()),
         max_new_tokens,
@@ -252,9 +169,7 @@ def repeat_rows(state: decode.DecodeState, repeats: int, keys: Array) -> decode.
     def rep_cache(cache):
         if cache is None:
             return None
-        return type(cache)(
-            **{k: rep(v, 0 if k == "index" else 1) for k, v in cache._asdict().items()}
-        )
+        return map_cache(lambda x: rep(x, BATCH_AXIS), cache, lambda index: rep(index, 0))
 
     batched = {
         k: rep(v, 0)
