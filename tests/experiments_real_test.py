@@ -39,7 +39,7 @@ def _ready() -> bool:
 def test_real_pair_greedy_methods_equal_ar(tmp_path):
     config = default.get_config(
         "method=ar+sd:2+spectr:2x2+rsd_c:2-2+rsd_s:3x2,dataset=humaneval+chat,num_prompts=2,"
-        "max_new_tokens=8,temperature=0,progress=false,bootstrap=50"
+        "max_new_tokens=8,sampling=fixed,temperature=0,progress=false,bootstrap=50"
     )
     summary = runner.run(config, tmp_path, log=lambda message: None)
     for label, entry in summary["methods"].items():
