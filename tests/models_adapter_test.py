@@ -7,9 +7,7 @@ import pytest
 
 from models import adapter, decoder, testing
 from models.loading import LoadedModel
-
-generate = pytest.importorskip("rsd_jax.generate")
-transforms = pytest.importorskip("rsd_jax.transforms")
+from rsd_jax import generate, transforms
 
 
 def _model(key, **kw):
