@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import datasets
@@ -199,19 +198,12 @@ def toy_sources(vocab: int = 8, order: int = 3, agreement: float = 0.7, seed: in
     def model_source(config) -> Bundle:
         del config
         rng = np.random.default_rng(seed)
-        target = toy.random_table(rng, vocab, order, alpha=0.5)
-        other = toy.random_table(rng, vocab, order, alpha=0.5)
-        draft = agreement * target + (1 - agreement) * other
-
-        def model(table):
-            return gen.Model(
-                toy.cached_forward, jnp.asarray(table, jnp.float32), toy.init_toy_cache, vocab
-            )
-
+        target, draft = toy.random_pair(rng, vocab, order, alpha=0.5, agreement=agreement)
         # r = 0.25: pretend the draft has a quarter of the target's parameters.
         info = dict(target="toy-target", draft="toy-draft", vocab=vocab, order=order, seed=seed)
         info["agreement"] = agreement
-        return Bundle(model(target), model(draft), ToyTokenizer(), -1, None, 400, 100, info)
+        models = toy.as_model(target), toy.as_model(draft)
+        return Bundle(*models, ToyTokenizer(), -1, None, 400, 100, info)
 
     def prompt_source(config, bundle) -> list[EncodedPrompt]:
         del bundle
