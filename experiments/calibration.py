@@ -1,4 +1,4 @@
-"""``shape=auto``: calibrating acceptance by depth and sibling rank before the timed runs."""
+"""``auto_shape``: calibrating acceptance by depth and sibling rank before the timed runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from rsd_jax import methods
 def calibrate(
     config, bundle, prompts, bucket, workdir: Path, log, layout=None, evaluated=()
 ) -> shape_search.AcceptanceTable:
-    """``shape=auto``: acceptance by depth and sibling rank on the calibration prompts.
+    """``auto_shape``: acceptance by depth and sibling rank on the calibration prompts.
 
     Decodes each calibration prompt for ``calibration_tokens`` tokens with
     ``rsd_c:<calibration_shape>`` and probes on, pools the exact ``A_d(b)`` sums
@@ -76,5 +76,5 @@ def calibration_prompts(config, bundle, prompt_source, evaluated) -> list:
             if q and len(picked) < config.calibration_prompts:
                 picked.append(q.pop(0))
     if not picked:
-        raise ValueError("shape=auto found no calibration prompts beyond the evaluated ones")
+        raise ValueError("auto_shape found no calibration prompts beyond the evaluated ones")
     return picked

@@ -45,10 +45,10 @@ def prompts(config, tokenizer, temperature: float) -> list[sources.EncodedPrompt
     """``eval_prompts`` prompts per dataset of ``eval_dataset`` (chat ones templated)."""
     out = []
     for name in config.eval_dataset.split("+"):
-        t, top_p = sources.sampling_for(name, temperature, -1.0)
+        top_p = sources.paper_sampling(name)[1]  # the paper's top-p, at every temperature
         for p in datasets.load_prompts(name, config.eval_prompts, config.seed):
             ids = datasets.encode_prompt(p, tokenizer, 128, "auto")
-            out.append(sources.EncodedPrompt(p.key, name, ids, p.reference, t, top_p))
+            out.append(sources.EncodedPrompt(p.key, name, ids, p.reference, temperature, top_p))
     return out
 
 

@@ -6,8 +6,9 @@ generating (a capped SD chain may serve several budgets) but reported per sweep 
 Config keys read here: ``method`` (``+``-separated; full method strings such as
 ``rsd_s:3x2`` for ``sweep=none``, bare names ``sd``/``mrs``/``spectr``/``rsd_c``/``rsd_s``
 or full strings for sweeps), ``sweep`` (``none``/``length``/``budget``), ``lengths``,
-``width``, ``budgets``, ``sd_max_length`` and ``shapes`` (``+``-separated ``B@method``
-overrides of the fixed-budget table).
+``width``, ``budgets``, ``sd_max_length``, ``shape_overrides`` (``+``-separated
+``B@name:shape`` overrides of the fixed-budget table) and ``auto_shape`` (with a
+calibration, each budget also gets the RSD-C shape it predicts best).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import dataclasses
 
 from experiments import shape_search
 from rsd_jax import methods
+
+AUTO_NOTE = "auto_shape"  # how the note of an auto-chosen spec begins
 
 # Fixed-budget shapes realising each target budget B (root excluded): SpecTr/MRS K x L = B,
 # RSD-S W x L = B, RSD-C sum of branching products = B. SD is a chain of L = B, capped.
@@ -87,7 +90,7 @@ def plan(config, calibration=None) -> list[RunSpec]:
 
     Args:
       config: the job's config.
-      calibration: with ``shape=auto``, the measured
+      calibration: with ``auto_shape``, the measured
         :class:`experiments.shape_search.AcceptanceTable`; each budget then also gets
         the RSD-C shape it predicts best (without it, only the other specs are listed).
 
@@ -97,12 +100,10 @@ def plan(config, calibration=None) -> list[RunSpec]:
     """
     sweep = config.sweep
     items = _items(config.method)
-    if config.shape not in ("", "auto"):
-        raise ValueError(f"config key 'shape' must be '' or 'auto', got {config.shape!r}")
-    if config.shape == "auto" and sweep != "budget":
-        raise ValueError("shape=auto chooses shapes per target budget: it needs sweep=budget")
-    if config.shape == "auto" and min(config.calibration_prompts, config.calibration_tokens) < 1:
-        raise ValueError("shape=auto needs calibration_prompts >= 1 and calibration_tokens >= 1")
+    if config.auto_shape and sweep != "budget":
+        raise ValueError("auto_shape chooses shapes per target budget: it needs sweep=budget")
+    if config.auto_shape and min(config.calibration_prompts, config.calibration_tokens) < 1:
+        raise ValueError("auto_shape needs calibration_prompts >= 1 and calibration_tokens >= 1")
     if sweep == "none":
         specs = []
         for item in items:
@@ -114,8 +115,8 @@ def plan(config, calibration=None) -> list[RunSpec]:
         return _with_ar(_length_sweep(items, _ints(config.lengths, "lengths"), config.width))
     if sweep == "budget":
         budgets = _ints(config.budgets, "budgets")
-        specs = _budget_sweep(items, budgets, config.sd_max_length, config.shapes)
-        if config.shape == "auto" and calibration is not None:
+        specs = _budget_sweep(items, budgets, config.sd_max_length, config.shape_overrides)
+        if config.auto_shape and calibration is not None:
             specs += auto_specs(calibration, budgets, config.auto_max_depth, config.auto_draft_cost)
         return _with_ar(specs)
     raise ValueError(f"unknown sweep {sweep!r}; choose none, length or budget")
@@ -152,9 +153,9 @@ def _length_sweep(items, lengths, width) -> list[RunSpec]:
     return specs
 
 
-def _overrides(shapes: str) -> dict[tuple[int, str], str]:
+def _overrides(shape_overrides: str) -> dict[tuple[int, str], str]:
     out = {}
-    for item in filter(None, (x.strip() for x in shapes.split("+"))):
+    for item in filter(None, (x.strip() for x in shape_overrides.split("+"))):
         b, sep, text = item.partition("@")
         if not sep or ":" not in text:
             raise ValueError(f"shape override {item!r} is not of the form B@name:shape")
@@ -192,8 +193,8 @@ def budget_spec(text: str, budget: int, sd_max_length: int) -> RunSpec:
     return _spec(text, f"B={budget} {text}", budget, note)
 
 
-def _budget_sweep(items, budgets, sd_max_length, shapes) -> list[RunSpec]:
-    overrides = _overrides(shapes)
+def _budget_sweep(items, budgets, sd_max_length, shape_overrides) -> list[RunSpec]:
+    overrides = _overrides(shape_overrides)
     for budget, name in overrides:
         if budget not in budgets:
             raise ValueError(f"shape override for B={budget} but budgets are {budgets}")
@@ -226,7 +227,7 @@ def _budget_sweep(items, budgets, sd_max_length, shapes) -> list[RunSpec]:
             else:
                 raise ValueError(
                     f"no default {item} shape for budget B={budget} (defaults exist for "
-                    f"{sorted(BUDGET_SHAPES)}); give one with shapes={budget}@{item}:..."
+                    f"{sorted(BUDGET_SHAPES)}); give one with shape_overrides={budget}@{item}:..."
                 )
             specs.append(budget_spec(text, budget, sd_max_length))
     return specs
@@ -239,7 +240,7 @@ def auto_specs(calibration, budgets, max_depth: int, draft_cost: float) -> list[
         shape, value, _ = shape_search.best_branching(calibration, budget, max_depth, draft_cost)
         text = "rsd_c:" + "-".join(str(b) for b in shape)
         what = "block efficiency" if draft_cost == 0 else f"eta/(1+{draft_cost:g}L)"
-        note = f"shape=auto (predicted {what} {value:.3f})"
+        note = f"{AUTO_NOTE} (predicted {what} {value:.3f})"
         specs.append(_spec(text, f"B={budget} auto {text}", budget, note))
     return specs
 

@@ -22,7 +22,7 @@ from experiments.summary import (  # noqa: F401 (re-exported)
 
 
 def format_auto_table(summary: dict) -> str:
-    """Markdown: shape=auto against the best hand-picked shape per budget (paired ratio)."""
+    """Markdown: auto_shape against the best hand-picked shape per budget (paired ratio)."""
     rows = summary.get("auto_vs_hand_picked")
     if not rows:
         return ""
@@ -123,7 +123,7 @@ def _x(entry: dict, axis: str, sweep: str):
 
 
 def _line(entry: dict) -> str:
-    """Plot line of an entry: its method, with shape=auto choices a line of their own."""
+    """Plot line of an entry: its method, with auto_shape choices a line of their own."""
     return entry["name"] + (" (auto)" if " auto " in entry["label"] else "")
 
 

@@ -7,7 +7,7 @@ fixed_length,fixed_budget}.py``. This module orchestrates the job; its parts liv
   ``results.jsonl`` records, the lock);
 - :mod:`experiments.timed`: timed generation of one prompt with one method (warm-up,
   clocks, per-prompt keys);
-- :mod:`experiments.calibration`: ``shape=auto``'s acceptance calibration;
+- :mod:`experiments.calibration`: ``auto_shape``'s acceptance calibration;
 - :mod:`experiments.summary` / :mod:`experiments.report`: the summary, table and plots.
 
 Work runs prompt by prompt, all methods of a prompt in turn, so a slow phase of a shared
@@ -169,7 +169,7 @@ def _run_locked(
     if not prompts:
         raise ValueError("no prompts selected (num_prompts=0?)")
     bucket = bucket_length(prompts)
-    if config.shape == "auto":
+    if config.auto_shape:
         calib_prompts = calibration_prompts(config, bundle, prompt_source, prompts)
         calib_bucket = max(bucket, bucket_length(calib_prompts))
         table = calibrate(
@@ -178,7 +178,7 @@ def _run_locked(
         log("Calibrated acceptance A_d(b) (mean, visited nodes):\n" + shape_search.describe(table))
         specs = plan_lib.plan(config, table)
         shapes = plan_lib.describe(specs)
-        log("Shapes with shape=auto:\n" + shapes)
+        log("Shapes with auto_shape=true:\n" + shapes)
         (workdir / SHAPES).write_text(shapes + "\n")
     texts = list(dict.fromkeys(s.text for s in specs))
     # Prompt-major: methods alternate, so load drift on the machine hits all of them alike.

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import datasets
@@ -58,10 +57,17 @@ def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def sampling_for(dataset: str, temperature: float, top_p: float) -> tuple[float, float]:
-    """The config's temperature/top-p, or the paper's per-dataset values where they are < 0."""
-    t_paper, p_paper = PAPER_SAMPLING.get(dataset, PAPER_DEFAULT)
-    return (t_paper if temperature < 0 else temperature), (p_paper if top_p < 0 else top_p)
+def paper_sampling(dataset: str) -> tuple[float, float]:
+    """The paper's ``(temperature, top_p)`` for ``dataset``."""
+    return PAPER_SAMPLING.get(dataset, PAPER_DEFAULT)
+
+
+def sampling_for(config, dataset: str) -> tuple[float, float]:
+    """``(temperature, top_p)`` of ``dataset``'s prompts under the config's ``sampling``:
+    the paper's per-dataset values (``'paper'``) or the config's own (``'fixed'``)."""
+    if config["sampling"] == "paper":
+        return paper_sampling(dataset)
+    return float(config["temperature"]), float(config["top_p"])
 
 
 def dataset_names(config) -> list[str]:
@@ -160,7 +166,7 @@ def real_prompts(config, bundle: Bundle) -> list[EncodedPrompt]:
     for name, num in per_dataset_counts(config).items():
         if not num:
             continue
-        temperature, top_p = sampling_for(name, config.temperature, config.top_p)
+        temperature, top_p = sampling_for(config, name)
         for p in datasets.load_prompts(name, num, config.seed, config.shakespeare_lines):
             ids = datasets.encode_prompt(
                 p, bundle.tokenizer, config.max_prompt_tokens, config.chat_template
@@ -192,26 +198,19 @@ def toy_sources(vocab: int = 8, order: int = 3, agreement: float = 0.7, seed: in
     def model_source(config) -> Bundle:
         del config
         rng = np.random.default_rng(seed)
-        target = toy.random_table(rng, vocab, order, alpha=0.5)
-        other = toy.random_table(rng, vocab, order, alpha=0.5)
-        draft = agreement * target + (1 - agreement) * other
-
-        def model(table):
-            return gen.Model(
-                toy.cached_forward, jnp.asarray(table, jnp.float32), toy.init_toy_cache, vocab
-            )
-
+        target, draft = toy.random_pair(rng, vocab, order, alpha=0.5, agreement=agreement)
         # r = 0.25: pretend the draft has a quarter of the target's parameters.
         info = dict(target="toy-target", draft="toy-draft", vocab=vocab, order=order, seed=seed)
         info["agreement"] = agreement
-        return Bundle(model(target), model(draft), ToyTokenizer(), -1, None, 400, 100, info)
+        models = toy.as_model(target), toy.as_model(draft)
+        return Bundle(*models, ToyTokenizer(), -1, None, 400, 100, info)
 
     def prompt_source(config, bundle) -> list[EncodedPrompt]:
         del bundle
         out = []
         for name, num in per_dataset_counts(config).items():
             rng = np.random.default_rng([config.seed, len(name), ord(name[0])])
-            temperature, top_p = sampling_for(name, config.temperature, config.top_p)
+            temperature, top_p = sampling_for(config, name)
             for i in range(num):
                 ids = [int(x) for x in rng.integers(vocab, size=int(rng.integers(2, 7)))]
                 ref = None

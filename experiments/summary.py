@@ -29,6 +29,7 @@ import dataclasses
 
 import numpy as np
 
+from experiments import plan as plan_lib
 from rsd_jax import metrics
 
 QUALITY = {"summarise": "rouge2_f1", "translate": "bleu"}
@@ -184,7 +185,7 @@ def summarize(config, specs, prompts, records, bundle) -> dict:
 
 
 def auto_vs_hand_picked(specs, keys, records, samples: int) -> list[dict]:
-    """Per budget, ``shape=auto``'s block efficiency over the best hand-picked shape's.
+    """Per budget, ``auto_shape``'s block efficiency over the best hand-picked shape's.
 
     The best hand-picked shape is the one with the highest block efficiency at that
     budget, chosen after the fact (the maximum of noisy estimates, so the comparison
@@ -192,7 +193,7 @@ def auto_vs_hand_picked(specs, keys, records, samples: int) -> list[dict]:
     bootstrap resamples prompts jointly.
     """
     out = []
-    auto = [s for s in specs if s.note.startswith("shape=auto")]
+    auto = [s for s in specs if s.note.startswith(plan_lib.AUTO_NOTE)]
     for a in auto:
         rivals = [
             s

@@ -36,9 +36,9 @@ def run(config) -> list[dict]:
     """
     validate.validate(config)
     rng = np.random.default_rng(config.seed)
-    target = toy.random_table(rng, config.vocab, config.order, alpha=config.alpha)
-    other = toy.random_table(rng, config.vocab, config.order, alpha=config.alpha)
-    draft = config.agreement * target + (1 - config.agreement) * other
+    target, draft = toy.random_pair(
+        rng, config.vocab, config.order, alpha=config.alpha, agreement=config.agreement
+    )
     prefix = (1, 2)
     q_first = target[toy.context_of(prefix, config.order, config.vocab)]
     chosen = [methods.parse(text) for text in config.methods.split("+") if text.strip()]

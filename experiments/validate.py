@@ -11,20 +11,34 @@ one-line message names each bad key, the value given and what is accepted, e.g.:
 All key errors are reported together; then the methods and shapes of the sweep are
 checked (:func:`experiments.plan.plan`), which needs valid keys to begin with.
 
-Accepted ranges of the ``speculative`` job (``experiments/configs/common.py``):
+Accepted ranges of the ``speculative`` job, by section of
+``experiments/configs/common.py``:
 
-- ``temperature``: ``-1`` (the paper's per-dataset setting) or a finite number ``>= 0``
-  (``0`` = greedy); ``top_p``: ``-1`` (the paper's setting) or in ``(0, 1]``;
-- ``seed``: an integer in ``[0, 2**32 - 1]`` (the calibration draw adds a small offset);
-- ``num_prompts``, ``max_new_tokens``, ``shakespeare_lines``, ``width``,
-  ``sd_max_length``, ``bootstrap``, ``calibration_prompts``, ``calibration_tokens``,
-  ``auto_max_depth``: integers ``>= 1``; ``max_prompt_tokens``: ``>= 2``
+- what to run: ``sweep`` one of its listed values; ``method`` a ``+``-separated list
+  without repeats;
+- models: ``target``, ``draft`` non-empty; ``draft_vocab >= 0``; ``dtype`` one of
+  ``models.config.DTYPES``; ``mesh``: ``""`` or ``1xM`` with ``M >= 1``;
+- prompts: ``dataset`` ``+``-separated known names without repeats; ``num_prompts``,
+  ``max_new_tokens``, ``shakespeare_lines`` integers ``>= 1``; ``max_prompt_tokens >= 2``
   (:data:`MIN_PROMPT_TOKENS`: drafting re-reads the last prompt token, so a prompt needs
-  two);
-- ``dataset``, ``method``, ``lengths``, ``budgets`` (integers ``>= 1``) and ``shapes``
-  (``B@name:shape``): ``+``-separated lists without repeats;
-- ``auto_draft_cost``: a finite number ``>= 0``; ``mesh``: ``""`` or ``1xM`` with
-  ``M >= 1``; the string keys: one of their listed values.
+  two); ``chat_template`` one of its listed values;
+- sampling: ``sampling`` ``'paper'`` (the paper's per-dataset temperature and top-p) or
+  ``'fixed'`` (``temperature``, a finite number ``>= 0``, ``0`` = greedy, and ``top_p`` in
+  ``(0, 1]``, for every dataset); with ``'paper'``, ``temperature`` and ``top_p`` must stay
+  at their defaults (they would be ignored); ``seed`` an integer in ``[0, 2**32 - 1]``
+  (the calibration draw adds a small offset);
+- sweeps: ``lengths``, ``budgets`` ``+``-separated distinct integers ``>= 1``; ``width``,
+  ``sd_max_length`` ``>= 1``; ``shape_overrides`` ``+``-separated ``B@name:shape`` items,
+  at most one per budget and method;
+- auto shapes: ``auto_shape`` a bool (it needs ``sweep=budget``); ``calibration_prompts``,
+  ``calibration_tokens``, ``auto_max_depth`` ``>= 1``; ``calibration_shape`` an RSD-C
+  branching; ``auto_draft_cost`` a finite number ``>= 0``;
+- report: ``bootstrap >= 1``; ``probes``, ``progress``, ``plots`` bools.
+
+Values of keys that have been replaced fail with what to write instead: the former
+``temperature=-1`` / ``top_p=-1`` (the paper's setting) is ``sampling=paper``; the former
+``shape=auto`` and ``shapes=...`` keys are ``auto_shape=true`` and ``shape_overrides=...``
+(:data:`experiments.configs.common.SPECULATIVE_RENAMED`, rejected when the config is built).
 
 The ``toy_demo`` job (``experiments/configs/toy_demo.py``): ``vocab >= 3`` (its context is
 the ids ``(1, 2)``), ``order >= 1``, tables of at most :data:`TOY_TABLE_LIMIT` entries,
@@ -42,15 +56,16 @@ import math
 from experiments import datasets
 from experiments import mesh as mesh_lib
 from experiments import plan as plan_lib
+from experiments.configs import common
 from models.config import DTYPES
 from rsd_jax import methods
 
 SEED_MAX = 2**32 - 1
 MIN_PROMPT_TOKENS = 2
-PAPER_SETTING = -1  # temperature / top_p: the paper's per-dataset value
+SAMPLINGS = ("paper", "fixed")
+FORMER_PAPER_SENTINEL = -1  # temperature / top_p before the ``sampling`` key existed
 SWEEPS = ("none", "length", "budget")
 CHAT_TEMPLATES = ("auto", "always", "never")
-SHAPE_MODES = ("", "auto")
 SPECULATIVE_AT_LEAST_ONE = (
     "num_prompts",
     "max_new_tokens",
@@ -62,7 +77,7 @@ SPECULATIVE_AT_LEAST_ONE = (
     "auto_max_depth",
     "bootstrap",
 )
-SPECULATIVE_BOOLS = ("scan_layers", "probes", "progress", "plots")
+SPECULATIVE_BOOLS = ("scan_layers", "auto_shape", "probes", "progress", "plots")
 TOY_MIN_VOCAB = 3  # the demo drafts after the context (1, 2)
 TOY_TABLE_LIMIT = 2**24  # entries of one n-gram table, (vocab + 1) ** (order - 1) * vocab
 
@@ -209,16 +224,11 @@ def _speculative(config) -> None:
     c.int_in("max_prompt_tokens", MIN_PROMPT_TOKENS)
     c.int_in("draft_vocab", 0)  # 0 = full; the upper bound is the draft's, checked on load
     c.choice("chat_template", CHAT_TEMPLATES)
-    t, p = config.temperature, config.top_p
-    if not (_is_real(t) and (t == PAPER_SETTING or (math.isfinite(t) and t >= 0))):
-        c.fail("temperature", "-1 (the paper's per-dataset setting) or a finite number >= 0")
-    if not (_is_real(p) and (p == PAPER_SETTING or 0 < p <= 1)):
-        c.fail("top_p", "-1 (the paper's per-dataset setting) or in (0, 1]")
+    _sampling(c)
     c.int_in("seed", 0, SEED_MAX)
     c.ints("lengths")
     c.ints("budgets")
     _shape_overrides(c)
-    c.choice("shape", SHAPE_MODES)
     try:
         methods.parse(f"rsd_c:{config.calibration_shape}")
     except ValueError:
@@ -302,16 +312,39 @@ def _distill(config) -> None:
     c.raise_if_any()
 
 
+def _sampling(c: _Checks) -> None:
+    """``sampling`` and the ``temperature`` / ``top_p`` it reads (``'fixed'`` only)."""
+    config = c.config
+    if config.sampling not in SAMPLINGS:
+        c.fail("sampling", "'paper' (the paper's per-dataset setting) or 'fixed' (temperature "
+               "and top_p for every dataset)")  # fmt: skip
+    ranges = {"temperature": "a finite number >= 0 (0 = greedy)", "top_p": "in (0, 1] (1 = off)"}
+    for key, accepted in ranges.items():
+        value, default = config[key], common.SPECULATIVE_DEFAULTS[key]
+        if value == FORMER_PAPER_SENTINEL:
+            c.fail(key, f"{accepted}; -1 no longer selects the paper's setting: write "
+                   "sampling=paper (the default) instead")  # fmt: skip
+        elif key == "temperature" and not (_is_real(value) and math.isfinite(value) and value >= 0):
+            c.fail(key, accepted)
+        elif key == "top_p" and not (_is_real(value) and 0 < value <= 1):
+            c.fail(key, accepted)
+        elif config.sampling == "paper" and value != default:
+            c.fail(key, f"left at {default} with sampling=paper, which takes the paper's per-"
+                   f"dataset value; write sampling=fixed,{key}={value:g} to use it")  # fmt: skip
+
+
 def _shape_overrides(c: _Checks) -> None:
-    """``shapes``: ``B@name:shape`` items, at most one per (budget, method name)."""
+    """``shape_overrides``: ``B@name:shape`` items, at most one per (budget, method name)."""
     seen = set()
-    for item in c.items("shapes"):
+    for item in c.items("shape_overrides"):
         b, sep, text = item.partition("@")
         name = text.split(":")[0].partition("/")[0]
         if not (sep and ":" in text and b.strip().isdigit() and int(b) >= 1):
-            c.fail("shapes", "'+'-separated B@name:shape items with B >= 1")
+            c.fail("shape_overrides", "'+'-separated B@name:shape items with B >= 1")
             return
         if (int(b), name) in seen:
-            c.fail("shapes", f"at most one override per budget and method (B={int(b)} {name})")
+            c.fail(
+                "shape_overrides", f"at most one override per budget and method (B={int(b)} {name})"
+            )
             return
         seen.add((int(b), name))

@@ -9,7 +9,7 @@ In ``--workdir``:
   it completes. A rerun skips every key already there; a partial last line left by a
   kill is dropped, and any other line that is not a record is an error naming the
   file and line (:class:`DamagedResultsError`), raised before the models load.
-- ``calibration.json``: the acceptance table of ``shape=auto`` (:mod:`experiments.calibration`).
+- ``calibration.json``: the acceptance table of ``auto_shape`` (:mod:`experiments.calibration`).
 - ``summary.json``, ``table.md``, ``shapes.md`` and PNG plots (see :mod:`experiments.report`).
 - ``.lock``: held (``fcntl.flock``) by the run using the workdir, so a second concurrent
   run on it fails at once (:class:`WorkdirBusyError`); the lock goes when the run ends,
@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from experiments import strict_json
+from experiments import sources, strict_json
 
 RESULTS, CONFIG, SUMMARY, TABLE, SHAPES = (
     "results.jsonl",
@@ -45,10 +45,8 @@ COMPAT_KEYS = (
     "max_prompt_tokens",
     "chat_template",
     "shakespeare_lines",
-    "temperature",
-    "top_p",
     "seed",
-)
+)  # and the sampling each dataset gets (:func:`sampling_by_dataset`)
 # Keys added after workdirs existed, with the value that reproduces what those workdirs hold.
 ADDED_KEYS = {"draft_vocab": 0}
 CALIBRATION = "calibration.json"
@@ -111,6 +109,20 @@ def has_results(workdir: Path) -> bool:
     return bool(raw[: raw.rfind(b"\n") + 1].strip())
 
 
+def sampling_by_dataset(config) -> dict[str, tuple[float, float]]:
+    """``{dataset: (temperature, top_p)}`` of a config, or of a stored ``config.json``'s.
+
+    Stored configs written before the ``sampling`` key had no such key, and there a
+    ``temperature`` or ``top_p`` of ``-1`` meant the paper's per-dataset value.
+    """
+    names = [x.strip() for x in config["dataset"].split("+") if x.strip()]
+    if "sampling" in config:
+        return {name: sources.sampling_for(config, name) for name in names}
+    t, p = config["temperature"], config["top_p"]
+    paper = {name: sources.paper_sampling(name) for name in names}
+    return {name: (pt if t == -1 else t, pp if p == -1 else p) for name, (pt, pp) in paper.items()}
+
+
 def _config_changes(workdir: Path, config, info: dict | None) -> list[str]:
     """How ``config`` (and the models' ``info``, if given) differ from the stored config."""
     path = workdir / CONFIG
@@ -120,6 +132,13 @@ def _config_changes(workdir: Path, config, info: dict | None) -> list[str]:
     mine = {k: config[k] for k in COMPAT_KEYS}
     old = {k: stored.get("config", {}).get(k, ADDED_KEYS.get(k)) for k in COMPAT_KEYS}
     diff = [f"{k}: {old[k]!r} -> {mine[k]!r}" for k in COMPAT_KEYS if old[k] != mine[k]]
+    was = sampling_by_dataset(stored.get("config", {}) | {"dataset": config.dataset})
+    now = sampling_by_dataset(config)
+    diff += [
+        f"temperature, top_p of {name}: {was[name]} -> {now[name]}"
+        for name in now
+        if tuple(was[name]) != tuple(now[name])
+    ]
     if info is not None and stored.get("models") != info:
         diff.append("models differ")
     return diff

@@ -1,4 +1,4 @@
-"""Tiny random checkpoints for tests: a byte-level BPE vocabulary, GGUF and HF writers.
+"""Tiny models for tests: the toy n-gram pair, a byte-level BPE vocabulary, GGUF and HF writers.
 
 `write_tiny_gguf` writes float32 tensors the way llama.cpp's converter does, including the
 Q/K row permutation for the llama architecture, so loading it exercises the real GGUF path.
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import toy
 from models.config import ModelConfig
 from models.gguf_loader import build_params, per_layer_tensors
 
@@ -30,6 +31,20 @@ def byte_chars() -> list[str]:
             table[b] = chr(256 + extra)
             extra += 1
     return [table[b] for b in range(256)]
+
+
+def toy_pair(seed: int = 0, vocab: int = 4, order: int = 3, alpha: float = 0.6,
+             agreement: float = 0.6):  # fmt: skip
+    """The tests' toy draft/target pair (:func:`models.toy.random_pair` from ``seed``).
+
+    Returns:
+      ``(target, draft, target_table)``: two ``rsd_jax.generate.Model`` s over order-
+      ``order`` n-gram tables of ``vocab`` ids, and the target's float64 table, whose exact
+      conditionals the tests compare against.
+    """
+    rng = np.random.default_rng(seed)
+    target, draft = toy.random_pair(rng, vocab, order, alpha, agreement)
+    return toy.as_model(target), toy.as_model(draft), target
 
 
 def tiny_vocab(merges=MERGES) -> tuple[list[str], list[int], list[str]]:

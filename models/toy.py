@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rsd_jax import tree as tree_lib
-from rsd_jax.interface import BATCH_AXIS
+from rsd_jax.interface import BATCH_AXIS, Model
 
 Array = jax.Array
 
@@ -47,6 +47,18 @@ def random_table(
         table = np.where(zero, 0.0, table)
         table /= table.sum(-1, keepdims=True)
     return table.reshape(shape)
+
+
+def random_pair(
+    rng: np.random.Generator, vocab: int, order: int, alpha: float, agreement: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(target, draft)`` tables: a random target, and a draft mixing it with an independent
+    random table, ``agreement * target + (1 - agreement) * other`` (``agreement=1``: the
+    target itself). Both tables are drawn from ``rng`` in that order (see :func:`random_table`).
+    """
+    target = random_table(rng, vocab, order, alpha=alpha)
+    other = random_table(rng, vocab, order, alpha=alpha)
+    return target, agreement * target + (1 - agreement) * other
 
 
 def context_of(prefix: tuple[int, ...], order: int, vocab: int) -> tuple[int, ...]:
@@ -163,6 +175,13 @@ def cached_forward(table: Array, tokens: Array, positions: Array, mask: Array, c
     ctx = jnp.where(top_pos >= 0, ctx, vocab)[..., ::-1]  # oldest first, padded
     probs = table[tuple(ctx[..., i] for i in range(order - 1))]
     return safe_log_table(probs), cache
+
+
+def as_model(table: np.ndarray, max_positions: int = 0) -> Model:
+    """An n-gram ``table`` as a model of the engine (:func:`cached_forward`, float32)."""
+    params = jnp.asarray(table, jnp.float32)
+    vocab = table.shape[-1]
+    return Model(cached_forward, params, init_toy_cache, vocab, max_positions=max_positions)
 
 
 def safe_log_table(probs: Array) -> Array:

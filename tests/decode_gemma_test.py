@@ -14,12 +14,9 @@ import jax
 import numpy as np
 import pytest
 
+from models import adapter, loading, student
 from rsd_jax import generation as gen
 from rsd_jax import metrics, transforms
-
-loading = pytest.importorskip("models.loading")
-adapter = pytest.importorskip("models.adapter")
-student = pytest.importorskip("models.student")
 
 METHODS = ["sd:3", "mrs:2x2", "spectr:2x2", "rsd_c:2-1", "rsd_s:2x2", "sd:3/tv"]
 # Blocks 12-15 (local) dropped: 14 of 18 blocks, whose greedy choice agrees with the target's

@@ -13,12 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models import adapter, loading
 from rsd_jax import generation as gen
 from rsd_jax import transforms
 from tests import lawcheck
-
-loading = pytest.importorskip("models.loading")
-adapter = pytest.importorskip("models.adapter")
 
 METHODS = ["sd:3", "mrs:2x2", "spectr:2x2", "rsd_c:2-2", "rsd_s:3x2"]
 GREEDY = transforms.SamplingParams(temperature=0.0)

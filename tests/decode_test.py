@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import toy
+from models import testing, toy
 from rsd_jax import decode, methods, transforms
 from rsd_jax import generation as gen
 from tests import broken, lawcheck
@@ -35,19 +35,10 @@ METHODS = [
 GREEDY = transforms.SamplingParams(temperature=0.0)
 
 
-def _models(seed=0, agreement=0.6, alpha=0.6):
-    rng = np.random.default_rng(seed)
-    target = toy.random_table(rng, V, 3, alpha=alpha)
-    draft = agreement * target + (1 - agreement) * toy.random_table(rng, V, 3, alpha=alpha)
-    t = gen.Model(toy.cached_forward, jnp.asarray(target, jnp.float32), toy.init_toy_cache, V)
-    d = gen.Model(toy.cached_forward, jnp.asarray(draft, jnp.float32), toy.init_toy_cache, V)
-    return t, d, target
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("driver", ["while", "python"])
 def test_greedy_equals_autoregressive_greedy(method, driver):
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     prompts = [[1, 2, 3], [0, 3], [2, 2, 2, 2, 1], [3, 1]]
     key = jax.random.PRNGKey(0)
     ref = gen.generate(target, None, prompts, "ar", key=key, max_new_tokens=10, sampling=GREEDY)
@@ -70,7 +61,7 @@ def _first_tokens_counts(method, prompt, n, seed, target, draft):
 @pytest.mark.parametrize("method", METHODS)
 def test_law_of_first_three_tokens_is_the_target_law(method):
     """3 x 10^4 generations per method: chi-square on the 64 joint outcomes at level ALPHA."""
-    target, draft, table = _models(seed=1)
+    target, draft, table = testing.toy_pair(seed=1)
     prompt = [1, 3, 0]
     counts, _ = _first_tokens_counts(method, prompt, 30_000, 2, target, draft)
     law = lawcheck.target_law(table, tuple(prompt), 3)
@@ -79,7 +70,7 @@ def test_law_of_first_three_tokens_is_the_target_law(method):
 
 def test_law_negative_control():
     """The same end-to-end test rejects RSD-C verified with raw p instead of p_k."""
-    target, draft, table = _models(seed=1)
+    target, draft, table = testing.toy_pair(seed=1)
     bad = methods.Method("RSD-C/raw-p", methods.tree_lib.branching((3, 2)), broken.RRS_RAW_P)
     prompt = [1, 3, 0]
     counts, _ = _first_tokens_counts(bad, prompt, 30_000, 2, target, draft)
@@ -95,7 +86,7 @@ def test_committed_cache_equals_recomputed_prefix(method):
     read); each round's first draft call re-reads that token, so only slots
     before it are required to be committed.
     """
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     prompts = [[1, 2, 3], [0, 3], [2, 2, 2, 2, 1]]
     out = gen.generate(target, draft, prompts, method, key=jax.random.PRNGKey(3), max_new_tokens=9)
     state = out.state
@@ -107,7 +98,7 @@ def test_committed_cache_equals_recomputed_prefix(method):
 
 
 def test_batch_invariance_with_per_sequence_keys():
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     prompts = [[1, 2, 3], [0, 3], [2, 2, 2, 2, 1]]
     keys = jax.random.split(jax.random.PRNGKey(7), 3)
     together = gen.generate(
@@ -128,7 +119,7 @@ def test_batch_invariance_with_per_sequence_keys():
 
 
 def test_step_is_traced_once_across_rounds_and_prompts():
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     engine = decode.Engine(methods.parse("rsd_c:2-2"), toy.cached_forward, toy.cached_forward, V)
 
     @jax.jit
@@ -146,7 +137,7 @@ def test_step_is_traced_once_across_rounds_and_prompts():
 
 
 def test_eos_and_budget():
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     prompts = [[1, 2, 3], [0, 3]]
     out = gen.generate(
         target, draft, prompts, "rsd_c:2-2", key=jax.random.PRNGKey(5), max_new_tokens=20
@@ -167,7 +158,7 @@ def test_eos_and_budget():
 
 
 def test_counters_are_consistent():
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     out = gen.generate(
         target, draft, [[1, 2, 3]] * 4, "rsd_s:3x2", key=jax.random.PRNGKey(1), max_new_tokens=16
     )
@@ -180,7 +171,7 @@ def test_counters_are_consistent():
 
 
 def test_clear_errors():
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     key = jax.random.PRNGKey(0)
     with pytest.raises(ValueError, match="at least 2 tokens"):
         gen.generate(target, draft, [[1]], "sd:2", key=key, max_new_tokens=4)
@@ -200,7 +191,7 @@ def test_identical_draft_is_always_fully_accepted(method):
     """With draft == target, p == q at every node, so every round accepts all L drafts.
 
     Fails if the engine feeds the draft wrong contexts (masks, positions, cache)."""
-    target, _, _ = _models()
+    target, _, _ = testing.toy_pair()
     out = gen.generate(
         target, target, [[1, 2, 3], [0, 3]], method, key=jax.random.PRNGKey(2), max_new_tokens=12
     )
@@ -220,7 +211,7 @@ class _SilentEngine(decode.Engine):
 def test_rounds_that_emit_nothing_stop_at_the_budget_and_are_reported(driver, monkeypatch):
     """The drivers are bounded by the rounds a budget can need (one token per round at
     least), so a round emitting nothing cannot loop forever; the rows are named."""
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     monkeypatch.setattr(decode, "Engine", _SilentEngine)
     with pytest.raises(RuntimeError, match=r"row 0: 0 tokens in 5 rounds.*row 1"):
         gen.generate(
@@ -243,7 +234,7 @@ def _nan_row_zero(apply):
 @pytest.mark.parametrize("driver", ["while", "python"])
 def test_nonfinite_target_logits_stop_the_row_and_raise(method, driver):
     """No silent stream of wrong tokens: the row stops and the error names it."""
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     broken = target._replace(apply=_nan_row_zero(target.apply))
     with pytest.raises(gen.NonFiniteLogitsError, match=r"\(row 0 in round 1\)"):
         gen.generate(
@@ -253,7 +244,7 @@ def test_nonfinite_target_logits_stop_the_row_and_raise(method, driver):
 
 
 def test_nonfinite_draft_logits_are_counted_and_output_stays_exact():
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     broken = draft._replace(apply=_nan_row_zero(draft.apply))
     prompts = [[1, 2, 3], [0, 3]]
     key = jax.random.PRNGKey(0)
@@ -268,7 +259,7 @@ def test_drafted_tokens_of_recorded_probability_zero_are_rejected_and_counted(mo
     """Fault injection: the law recorded for row 0's drafted tokens says they were
     impossible. Verification must reject them (fail closed) and count the rounds; the
     greedy output is still AR's, and the healthy row is untouched."""
-    target, draft, _ = _models()
+    target, draft, _ = testing.toy_pair()
     prompts = [[1, 2, 3], [0, 3]]
     key = jax.random.PRNGKey(0)
     ref = gen.generate(target, None, prompts, "ar", key=key, max_new_tokens=8, sampling=GREEDY)
@@ -304,7 +295,7 @@ def test_law_at_temperature_below_one_with_top_p_is_the_transformed_target_law(m
     (3 x 10^4 generations, chi-square at ALPHA). The expected law applies the engine's own
     transform to every row of the target table, then enumerates; a filtered-out id that
     came out would fail at once (probability 0)."""
-    target, draft, table = _models(seed=1)
+    target, draft, table = testing.toy_pair(seed=1)
     logits = toy.safe_log_table(jnp.asarray(table, jnp.float32))
     law_table = np.asarray(
         transforms.probs_from_logits(logits, TEMPERED.temperature, 0, TEMPERED.top_p), np.float64

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import adapter, decoder, testing, toy
+from models import adapter, decoder, testing
 from rsd_jax import generation as gen
 from rsd_jax import transforms
 
@@ -46,12 +46,8 @@ SAMPLINGS = {
 
 
 def _toy_pair():
-    rng = np.random.default_rng(0)
-    target = toy.random_table(rng, 4, 3, alpha=0.6)
-    draft = 0.6 * target + 0.4 * toy.random_table(rng, 4, 3, alpha=0.6)
-    t = gen.Model(toy.cached_forward, jnp.asarray(target, jnp.float32), toy.init_toy_cache, 4)
-    d = gen.Model(toy.cached_forward, jnp.asarray(draft, jnp.float32), toy.init_toy_cache, 4)
-    return t, d, [[1, 2, 3], [0, 3], [2, 2, 2, 2, 1]], None
+    target, draft, _ = testing.toy_pair()
+    return target, draft, [[1, 2, 3], [0, 3], [2, 2, 2, 2, 1]], None
 
 
 def _tiny_pair():

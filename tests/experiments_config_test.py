@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,23 @@ def test_local_weights_are_part_of_the_model_identity(tmp_path, monkeypatch):
         infos.append(sources.real_models(default.get_config(arg)).info)
     assert infos[0]["target_sha256"] != infos[1]["target_sha256"]
     assert infos[0]["target_config"] == infos[1]["target_config"]  # the config alone agrees
+
+
+@pytest.mark.parametrize(
+    "arg,msg",
+    [
+        ("shape=auto", "config key 'shape' was renamed: write auto_shape=true (was shape=auto)"),
+        ("shapes=21@rsd_c:7-2", "config key 'shapes' was renamed: write shape_overrides"),
+    ],
+)
+def test_renamed_speculative_keys_name_their_replacement(arg, msg):
+    from experiments.configs import fixed_budget
+
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        fixed_budget.get_config(arg)
+
+
+def test_speculative_sections_hold_every_key_once():
+    keys = [k for section in common.SPECULATIVE_SECTIONS.values() for k in section]
+    assert len(keys) == len(set(keys)) == len(common.SPECULATIVE_DEFAULTS)
+    assert not set(common.SPECULATIVE_RENAMED) & set(keys)

@@ -129,10 +129,14 @@ def test_missing_data_names_the_fetch_command(tmp_path, monkeypatch):
 
 
 def test_paper_sampling_per_dataset():
-    assert sources.sampling_for("summarise", -1.0, -1.0) == (0.3, 1.0)
-    assert sources.sampling_for("chat", -1.0, -1.0) == (1.0, 0.95)
-    assert sources.sampling_for("chat", 0.0, -1.0) == (0.0, 0.95)
-    assert sources.sampling_for("translate", 0.7, 0.9) == (0.7, 0.9)
+    from experiments.configs import default
+
+    paper = default.get_config("sampling=paper")
+    assert sources.sampling_for(paper, "summarise") == (0.3, 1.0)
+    assert sources.sampling_for(paper, "chat") == (1.0, 0.95)
+    fixed = default.get_config("sampling=fixed,temperature=0.7,top_p=0.9")
+    assert sources.sampling_for(fixed, "translate") == (0.7, 0.9)
+    assert sources.sampling_for(fixed, "chat") == (0.7, 0.9)
 
 
 def _available(source):

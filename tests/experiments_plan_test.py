@@ -46,12 +46,12 @@ def test_fixed_budget_shapes_and_sd_cap():
 
 
 def test_shape_overrides():
-    cfg = fixed_budget.get_config("budgets=21,method=rsd_c+rsd_s,shapes=21@rsd_c:7-2")
+    cfg = fixed_budget.get_config("budgets=21,method=rsd_c+rsd_s,shape_overrides=21@rsd_c:7-2")
     assert [s.text for s in plan.plan(cfg)] == ["ar", "rsd_c:7-2", "rsd_s:7x3"]
     with pytest.raises(ValueError, match="B@name:shape"):
-        plan.plan(fixed_budget.get_config("shapes=21-rsd_c:7-2"))
+        plan.plan(fixed_budget.get_config("shape_overrides=21-rsd_c:7-2"))
     with pytest.raises(ValueError, match="budgets are"):
-        plan.plan(fixed_budget.get_config("budgets=6,shapes=21@rsd_c:7-2"))
+        plan.plan(fixed_budget.get_config("budgets=6,shape_overrides=21@rsd_c:7-2"))
 
 
 def test_errors():
@@ -64,8 +64,8 @@ def test_errors():
     with pytest.raises(ValueError, match="names no method"):
         plan.plan(default.get_config("method=+"))
     with pytest.raises(ValueError, match="needs sweep=budget"):
-        plan.plan(fixed_length.get_config("shape=auto"))
+        plan.plan(fixed_length.get_config("auto_shape=true"))
     with pytest.raises(ValueError, match="calibration_tokens >= 1"):
-        plan.plan(fixed_budget.get_config("shape=auto,calibration_tokens=0"))
+        plan.plan(fixed_budget.get_config("auto_shape=true,calibration_tokens=0"))
     with pytest.raises(ValueError, match="calibration_prompts >= 1"):
-        plan.plan(fixed_budget.get_config("shape=auto,calibration_prompts=0"))
+        plan.plan(fixed_budget.get_config("auto_shape=true,calibration_prompts=0"))

@@ -1,4 +1,4 @@
-"""Report: shape=auto against the best hand-picked shape, paired over prompts."""
+"""Report: auto_shape against the best hand-picked shape, paired over prompts."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _specs():
         plan._spec("ar"),
         plan._spec("sd:4", "B=6 sd:4", 6),
         plan._spec("rsd_c:2-2", "B=6 rsd_c:2-2", 6),
-        plan._spec("rsd_c:1-1-1-1-1-1", "B=6 auto rsd_c:1-1-1-1-1-1", 6, "shape=auto (x)"),
+        plan._spec("rsd_c:1-1-1-1-1-1", "B=6 auto rsd_c:1-1-1-1-1-1", 6, plan.AUTO_NOTE + " (x)"),
         plan._spec("rsd_c:2-2-1", "B=10 rsd_c:2-2-1", 10),
     ]
 

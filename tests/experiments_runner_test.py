@@ -136,7 +136,7 @@ def test_incompatible_workdir_is_refused(full_run, tmp_path):
     with pytest.raises(runner.IncompatibleWorkdirError, match="max_new_tokens: 8 -> 9"):
         _run(tmp_path, BASE.replace("max_new_tokens=8", "max_new_tokens=9"))
     with pytest.raises(runner.IncompatibleWorkdirError, match="temperature"):
-        _run(tmp_path, BASE + ",temperature=0.5")
+        _run(tmp_path, BASE + ",sampling=fixed,temperature=0.5")
 
     def never(config):
         raise AssertionError("an incompatible workdir is refused before loading models")
@@ -152,8 +152,27 @@ def test_incompatible_workdir_is_refused(full_run, tmp_path):
     assert sorted(set(new)) == ["humaneval/s0-1", "summarise/s0-1"]
 
 
+def test_workdir_of_the_former_paper_sentinel_resumes_under_sampling_paper(tmp_path):
+    """A config.json written before the ``sampling`` key (temperature = top_p = -1 for the
+    paper's setting) holds the records ``sampling=paper`` makes: it resumes, nothing reruns."""
+    arg = BASE.replace("num_prompts=4", "num_prompts=2")
+    _run(tmp_path, arg)
+    path = tmp_path / runner.CONFIG
+    stored = json.loads(path.read_text())
+    del stored["config"]["sampling"]
+    stored["config"] |= {"temperature": -1.0, "top_p": -1.0}
+    path.write_text(json.dumps(stored))
+    again = []
+    _run(tmp_path, arg, on_record=again.append)
+    assert again == []
+    stored["config"]["temperature"] = 0.5  # T fixed, the paper's top-p: refused, named
+    path.write_text(json.dumps(stored))
+    with pytest.raises(runner.IncompatibleWorkdirError, match=r"of humaneval: \(0.5, 0.95\)"):
+        _run(tmp_path, arg)
+
+
 def test_greedy_methods_reproduce_ar(tmp_path):
-    summary, _ = _run(tmp_path, BASE + ",temperature=0")
+    summary, _ = _run(tmp_path, BASE + ",sampling=fixed,temperature=0")
     for label, e in summary["methods"].items():
         assert e["matches_ar"] == 1.0, label
 
@@ -163,15 +182,15 @@ def test_greedy_methods_reproduce_ar(tmp_path):
     [
         (default, "method=ar+nope:2", "bad method"),
         (default, "method=ar+rsd_s", "needs a shape"),
-        (fixed_budget, "budgets=6,shapes=6@rsd_s:2x2", "not the budget 6"),
+        (fixed_budget, "budgets=6,shape_overrides=6@rsd_s:2x2", "not the budget 6"),
         (fixed_budget, "budgets=6+10,method=rsd_s:4x4", "none of the budgets"),
         (fixed_budget, "budgets=7,method=rsd_c", "no default rsd_c shape"),
         (fixed_budget, "budgets=6,method=sd:5", "none of the budgets"),
-        (fixed_budget, "budgets=6,shapes=6@sd:4", "does not fit budget"),
+        (fixed_budget, "budgets=6,shape_overrides=6@sd:4", "does not fit budget"),
         (fixed_length, "method=foo", "unknown method 'foo'"),
         (default, "dataset=xsum", "unknown dataset 'xsum'"),
-        (default, "shape=auto", "needs sweep=budget"),
-        (fixed_budget, "shape=best", "'shape' must be one of '', 'auto', got 'best'"),
+        (default, "auto_shape=true", "needs sweep=budget"),
+        (fixed_budget, "auto_shape=best", "'auto_shape' expects a bool"),
         (fixed_budget, "method=mrs/tv", "only sd, rsd_c and rsd_s take /tv"),
     ],
 )
@@ -198,9 +217,9 @@ def test_fixed_budget_sweep_runs_and_lists_shapes(tmp_path):
 
 
 def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
-    """shape=auto: calibration on unevaluated prompts, one auto RSD-C shape per budget."""
+    """auto_shape: calibration on unevaluated prompts, one auto RSD-C shape per budget."""
     arg = "budgets=6+10,method=rsd_c,dataset=humaneval,num_prompts=2,max_new_tokens=8"
-    arg += ",shape=auto,calibration_prompts=1,calibration_shape=3-2,calibration_tokens=8"
+    arg += ",auto_shape=true,calibration_prompts=1,calibration_shape=3-2,calibration_tokens=8"
     arg += ",progress=false,bootstrap=20"
     summary, logs = _run(tmp_path, arg, fixed_budget)
     calib = strict_loads((tmp_path / runner.CALIBRATION).read_text())  # unmeasured: null
@@ -210,8 +229,8 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
     assert count[0][2] > 0 and count[1][1] > 0  # root ranks 1..3, depth-1 ranks 1..2 measured
     auto = [e for label, e in summary["methods"].items() if " auto " in label]
     assert sorted(e["budget"] for e in auto) == [6, 10]
-    assert all("shape=auto (predicted block efficiency" in e["note"] for e in auto)
-    assert "shape=auto" in (tmp_path / "shapes.md").read_text()
+    assert all("auto_shape (predicted block efficiency" in e["note"] for e in auto)
+    assert "auto_shape" in (tmp_path / "shapes.md").read_text()
     assert calib["settings"]["max_new"] == 8  # calibration_tokens, not max_new_tokens
     comparison = summary["auto_vs_hand_picked"]
     assert [c["budget"] for c in comparison] == [6, 10]

@@ -34,21 +34,32 @@ BAD = [
     (fixed_budget, "budgets=0", "'budgets' must be '+'-separated distinct integers >= 1, got '0'"),
     (fixed_budget, "budgets=6+six", "'budgets' must be '+'-separated distinct integers >= 1"),
     (fixed_budget, "budgets=6+06", "'budgets' must be '+'-separated distinct integers >= 1"),
-    (fixed_budget, "budgets=6,shapes=6@rsd_s:3x2+6@rsd_s:2x3",
-     "'shapes' must be at most one override per budget and method (B=6 rsd_s)"),
-    (fixed_budget, "shapes=6:rsd_s", "'shapes' must be '+'-separated B@name:shape items"),
+    (fixed_budget, "budgets=6,shape_overrides=6@rsd_s:3x2+6@rsd_s:2x3",
+     "'shape_overrides' must be at most one override per budget and method (B=6 rsd_s)"),
+    (fixed_budget, "shape_overrides=6:rsd_s",
+     "'shape_overrides' must be '+'-separated B@name:shape items"),
     (fixed_budget, "budgets=6,method=sd+sd:6",
      "'method' must run each method once per sweep point; B=6 sd:6 comes twice"),
-    (default, "temperature=inf", "'temperature' must be -1 (the paper's per-dataset setting) "
-     "or a finite number >= 0, got inf"),
-    (default, "temperature=nan", "'temperature' must be -1 (the paper's per-dataset setting) "
-     "or a finite number >= 0, got nan"),
-    (default, "temperature=-0.5", "'temperature' must be -1"),
-    (default, "top_p=0", "'top_p' must be -1 (the paper's per-dataset setting) or in (0, 1], "
+    (default, "sampling=fixed,temperature=inf",
+     "'temperature' must be a finite number >= 0 (0 = greedy), got inf"),
+    (default, "sampling=fixed,temperature=nan",
+     "'temperature' must be a finite number >= 0 (0 = greedy), got nan"),
+    (default, "sampling=fixed,temperature=-0.5", "'temperature' must be a finite number >= 0"),
+    (default, "sampling=fixed,top_p=0", "'top_p' must be in (0, 1] (1 = off), got 0.0"),
+    (default, "sampling=fixed,top_p=nan", "'top_p' must be in (0, 1] (1 = off), got nan"),
+    (default, "top_p=1.5", "'top_p' must be in (0, 1]"),
+    (default, "sampling=greedy", "'sampling' must be 'paper' (the paper's per-dataset setting) "
+     "or 'fixed' (temperature and top_p for every dataset), got 'greedy'"),
+    # sampling=paper ignores temperature and top_p: setting one is an error, not a no-op
+    (default, "temperature=0", "'temperature' must be left at 1.0 with sampling=paper, which "
+     "takes the paper's per-dataset value; write sampling=fixed,temperature=0 to use it, "
      "got 0.0"),
-    (default, "top_p=nan", "'top_p' must be -1 (the paper's per-dataset setting) or in (0, 1], "
-     "got nan"),
-    (default, "top_p=1.5", "'top_p' must be -1"),
+    (default, "top_p=0.9", "'top_p' must be left at 1.0 with sampling=paper"),
+    # the former sentinel of the paper's setting says what to write instead
+    (default, "temperature=-1", "'temperature' must be a finite number >= 0 (0 = greedy); -1 "
+     "no longer selects the paper's setting: write sampling=paper (the default) instead, "
+     "got -1.0"),
+    (verifiers, "top_p=-1", "-1 no longer selects the paper's setting: write sampling=paper"),
     (default, "chat_template=maybe",
      "'chat_template' must be one of 'auto', 'always', 'never', got 'maybe'"),
     (default, "dtype=float16", "'dtype' must be one of 'float32', 'bfloat16', got 'float16'"),
@@ -71,7 +82,8 @@ def test_bad_values_name_key_and_accepted_range(module, arg, msg):
 
 
 EARLY = ("max_new_tokens=0", "seed=99999999999999999999", "dataset=humaneval+humaneval",
-         "budgets=0", "temperature=inf", "method=ar+sd:2+sd:2")  # fmt: skip
+         "budgets=0", "sampling=fixed,temperature=inf",
+         "method=ar+sd:2+sd:2")  # fmt: skip
 
 
 @pytest.mark.parametrize("module,arg,msg", [b for b in BAD if b[1] in EARLY])
@@ -97,16 +109,16 @@ def test_all_bad_keys_are_reported_together_in_one_line():
     "module,arg",
     [
         (default, ""),
-        (default, "temperature=-1,top_p=-1"),  # sentinels: the paper's per-dataset setting
-        (default, "temperature=0,top_p=1,seed=4294967295,max_prompt_tokens=2"),
+        (default, "sampling=paper"),
+        (default, "sampling=fixed,temperature=0,top_p=1,seed=4294967295,max_prompt_tokens=2"),
         (fixed_length, ""),
         (fixed_budget, ""),
-        (fixed_budget, "shape=auto"),
-        (fixed_budget, "shapes=6@rsd_s:3x2+10@rsd_s:5x2"),
+        (fixed_budget, "auto_shape=true"),
+        (fixed_budget, "shape_overrides=6@rsd_s:3x2+10@rsd_s:5x2"),
         (verifiers, ""),
     ],
 )
-def test_shipped_configs_and_sentinels_are_valid(module, arg):
+def test_shipped_configs_and_edge_values_are_valid(module, arg):
     validate.validate(module.get_config(arg))
 
 

@@ -18,10 +18,7 @@ V = 4
 
 def _model(max_positions=0, seed=0):
     table = toy.random_table(np.random.default_rng(seed), V, 2, alpha=0.6)
-    return gen.Model(
-        toy.cached_forward, jnp.asarray(table, jnp.float32), toy.init_toy_cache, V,
-        max_positions=max_positions,
-    )  # fmt: skip
+    return toy.as_model(table, max_positions)
 
 
 @pytest.mark.parametrize(

@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models import testing
 from rsd_jax import generation as gen
-from tests.decode_test import _models
 
 Z_MAX = 4.0
 
 
 def _run(method, rows=96, tokens=40, seed=0):
-    target, draft, _ = _models(seed=3, agreement=0.5)
+    target, draft, _ = testing.toy_pair(seed=3, agreement=0.5)
     prompts = [[1, 2, 3], [0, 3], [2, 2, 1], [3, 1]] * (rows // 4)
     return gen.generate(
         target,

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from experiments import runner, sources
 from experiments.configs import default
-from models import decoder, testing, toy
+from models import decoder, testing
 from models import sharding as model_sharding
 from rsd_jax import generation as gen
 from rsd_jax import sharding, transforms
@@ -240,19 +239,9 @@ def test_unknown_parameter_has_no_rule():
         model_sharding.param_specs(params, config, model=2)
 
 
-def _toy_models():
-    rng = np.random.default_rng(0)
-    target = toy.random_table(rng, 4, 3, alpha=0.6)
-    draft = 0.6 * target + 0.4 * toy.random_table(rng, 4, 3, alpha=0.6)
-    return tuple(
-        gen.Model(toy.cached_forward, jnp.asarray(t, jnp.float32), toy.init_toy_cache, 4)
-        for t in (target, draft)
-    )
-
-
 def test_one_device_mesh_with_a_model_without_rules():
     """Models without partition rules are replicated; the mesh path matches the plain one."""
-    target, draft = _toy_models()
+    target, draft, _ = testing.toy_pair()
     kw = dict(key=jax.random.PRNGKey(3), max_new_tokens=8, sampling=transforms.SamplingParams())
     prompts = [[1, 2, 3], [0, 3]]
     ref = gen.generate(target, draft, prompts, "rsd_s:2x2", **kw)

@@ -2,10 +2,11 @@
 
 Draft Qwen2.5-Coder-0.5B-Instruct -> target Qwen2.5-Coder-1.5B-Instruct (presets), 6 prompts
 (3 HumanEval, 3 ShareGPT chat; ``num_prompts`` is the total, spread round-robin over
-``dataset``), 48 new tokens, the paper's sampling for code and chat (T=1.0, top-p 0.95), and
-AR, SD (L=5), MRS and SpecTr (2x3), RSD-C (2-1-1-1) and RSD-S (W=2, L=4). The draft scores
-only its 32,768 most frequent ids (``draft_vocab``; exact for every method, see
-models/draft_vocab.py): each draft call costs r ~ 0.26 of a target call instead of 0.32.
+``dataset``), 48 new tokens, the paper's sampling for code and chat (``sampling=paper``:
+T=1.0, top-p 0.95), and AR, SD (L=5), MRS and SpecTr (2x3), RSD-C (2-1-1-1) and RSD-S
+(W=2, L=4). The draft scores only its 32,768 most frequent ids (``draft_vocab``; exact for
+every method, see models/draft_vocab.py): each draft call costs r ~ 0.26 of a target call
+instead of 0.32.
 Other tasks of the paper: ``dataset=humaneval+chat+summarise+translate+shakespeare``.
 
 Set-up once (models, then data):
@@ -20,11 +21,11 @@ Launch (about 12 minutes on 2 cores, models and data fetched, compilation includ
 
 Greedy (T=0: every method must reproduce AR's output exactly):
 
-    python -m experiments.run --config=experiments/configs/default.py:temperature=0 --workdir=/tmp/rsd_greedy
+    python -m experiments.run --config=experiments/configs/default.py:sampling=fixed,temperature=0 --workdir=/tmp/rsd_greedy
 
-Keys: see ``common.SPECULATIVE_DEFAULTS`` (``method``, ``temperature``, ``top_p``,
-``num_prompts`` (total), ``max_new_tokens``, ``seed``, ``dataset``, ``target``,
-``draft``, ``draft_vocab``, ...). Rerunning the same command resumes.
+Keys: see ``common.SPECULATIVE_SECTIONS`` (``method``; ``target``, ``draft``, ``draft_vocab``;
+``dataset``, ``num_prompts`` (total), ``max_new_tokens``; ``sampling`` (``paper`` or
+``fixed`` with ``temperature``, ``top_p``), ``seed``; ...). Rerunning the same command resumes.
 """  # noqa: E501
 
 from experiments.configs import common

@@ -4,8 +4,9 @@ Shapes per budget (``experiments.plan.BUDGET_SHAPES``; printed and saved to
 ``WORKDIR/shapes.md``): SpecTr/MRS K x L = B and RSD-S W x L = B (3x2, 5x2, 7x2, 7x3, 6x5),
 RSD-C branching products (2-2, 2-2-1, 2-2-2, 3-2-1-1, 2-2-2-2), SD a chain of
 L = min(B, sd_max_length=8) (longer chains only add sequential draft calls; the cap is
-marked in the table). Override a shape with ``shapes=21@rsd_c:7-2+30@rsd_s:10x3``; a shape
-that does not realise its budget is an error.
+marked in the table). Override a shape with ``shape_overrides=21@rsd_c:7-2+30@rsd_s:10x3``; a
+shape that does not realise its budget is an error. ``auto_shape=true`` adds, per budget, the
+RSD-C shape that acceptance calibrated on extra prompts predicts best.
 
 Set-up: ``python -m models.prepare qwen2.5-coder-0.5b qwen2.5-coder-1.5b`` and
 ``python -m experiments.datasets fetch``. Launch:

@@ -32,6 +32,7 @@ def get_config(arg=None):
         method=METHODS,
         dataset="humaneval+chat",
         num_prompts=4,
+        sampling="fixed",
         temperature=1.0,
         top_p=1.0,
         probes=True,
