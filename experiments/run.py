@@ -23,6 +23,13 @@ _COMPILE_CACHE = flags.DEFINE_string(
 )
 
 JOBS = ("toy_demo", "speculative", "distill")
+# Jobs that write a workdir: what it holds (for the usage error), and their module, whose
+# run(config, workdir) does the job and which defines WorkdirBusyError.
+WORKDIR_JOBS = {
+    "speculative": "results, resumable",
+    "distill": "checkpoints, the draft",
+}
+JOB_MODULES = {"speculative": "runner", "distill": "distill"}
 
 
 def enable_compile_cache(path: str, min_compile_seconds: float = 1.0) -> str | None:
@@ -51,29 +58,11 @@ def main(argv):
     if config.job not in JOBS:
         raise app.UsageError(f"unknown job {config.job!r}; known jobs: {JOBS}")
     enable_compile_cache(_COMPILE_CACHE.value)
-    if config.job == "speculative":
-        from experiments import runner
-
+    if config.job in WORKDIR_JOBS:
+        needs = WORKDIR_JOBS[config.job]
         if not _WORKDIR.value:
-            raise app.UsageError("the speculative job needs --workdir=DIR (results, resumable)")
-        from experiments.datasets import DatasetMissingError
-
-        try:
-            runner.run(config, _WORKDIR.value)
-        except (ValueError, DatasetMissingError, runner.WorkdirBusyError) as e:
-            # bad config, incompatible or busy workdir, damaged results, missing data
-            raise SystemExit(f"error: {e}") from None
-        return
-    if config.job == "distill":
-        from experiments import distill
-        from experiments.datasets import DatasetMissingError
-
-        if not _WORKDIR.value:
-            raise app.UsageError("the distill job needs --workdir=DIR (checkpoints, the draft)")
-        try:
-            distill.run(config, _WORKDIR.value)
-        except (ValueError, DatasetMissingError, distill.WorkdirBusyError) as e:
-            raise SystemExit(f"error: {e}") from None
+            raise app.UsageError(f"the {config.job} job needs --workdir=DIR ({needs})")
+        _run_workdir_job(config, _WORKDIR.value)
         return
     from experiments import toy_demo, validate
 
@@ -85,6 +74,20 @@ def main(argv):
     print(toy_demo.format_table(rows, config.rounds))
     if _WORKDIR.value:
         save_toy_summary(_WORKDIR.value, config, rows)
+
+
+def _run_workdir_job(config, workdir: str) -> None:
+    """Runs a job that writes a workdir; its expected failures end in one line."""
+    import importlib
+
+    from experiments.datasets import DatasetMissingError
+
+    module = importlib.import_module(f"experiments.{JOB_MODULES[config.job]}")
+    try:
+        module.run(config, workdir)
+    except (ValueError, DatasetMissingError, module.WorkdirBusyError) as e:
+        # bad config, incompatible or busy workdir, damaged results, missing data
+        raise SystemExit(f"error: {e}") from None
 
 
 def save_toy_summary(workdir: str, config, rows: list[dict]) -> str:

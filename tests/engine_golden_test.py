@@ -66,7 +66,10 @@ PAIRS = {"toy": _toy_pair, "tiny_qwen2": _tiny_pair}
 
 def outputs(pair: str) -> dict:
     """{sampling: {method: {"tokens": ..., "counters": ...}}} for one pair."""
-    target, draft, prompts, valid = PAIRS[pair]()
+    return _every_method(*PAIRS[pair]())
+
+
+def _every_method(target, draft, prompts, valid=None) -> dict:
     result = {}
     for name, sampling in SAMPLINGS.items():
         result[name] = {}
@@ -142,22 +145,7 @@ def smollm2_outputs() -> dict:
         for x, k in zip(leaves, keys, strict=True)
     ]
     draft = target._replace(params=jax.tree.unflatten(treedef, noisy))
-    prompts = [[1, 504, 3458, 314, 253, 2683], [28, 9876, 411]]
-    result = {}
-    for name, sampling in SAMPLINGS.items():
-        result[name] = {}
-        for method in METHODS:
-            out = gen.generate(
-                target,
-                None if method == "ar" else draft,
-                prompts,
-                method,
-                key=jax.random.PRNGKey(7),
-                max_new_tokens=12,
-                sampling=sampling,
-            )
-            result[name][method] = _record(out)
-    return result
+    return _every_method(target, draft, [[1, 504, 3458, 314, 253, 2683], [28, 9876, 411]])
 
 
 @pytest.mark.slow
