@@ -1,11 +1,13 @@
 """Toy demo job: block efficiency, MBSU and an output-law check for every method.
 
 The draft and target are order-``n`` n-gram tables over a small vocabulary;
-the draft mixes the target's table with an unrelated one (``agreement``). Each
-method runs ``rounds`` independent rounds from the same context, vmapped in
-one compiled call, and reports tokens per target call and the total-variation
-distance between the first emitted token's empirical law and the target's
-(which must be at sampling-noise level: these methods are lossless).
+the draft mixes the target's table with an unrelated one (``agreement``), both
+behind the :class:`rsd_jax.interface.Model` contract (a cache of the tokens seen).
+Each method runs ``rounds`` independent rounds from the same context through the
+engine every other job uses: one :meth:`rsd_jax.decode.Engine.step` over a batch of
+``rounds`` rows, one compiled call. It reports tokens per target call and the
+total-variation distance between the first emitted token's empirical law and the
+target's (which must be at sampling-noise level: these methods are lossless).
 """
 
 from __future__ import annotations
@@ -18,14 +20,32 @@ import numpy as np
 
 from experiments import validate
 from models import toy
-from rsd_jax import methods, metrics
+from rsd_jax import decode, methods, metrics
+from rsd_jax import generation as gen
+
+PREFIX = (1, 2)  # the prompt; its last id is the root of every round
 
 
-def _round_fn(method, draft, target, prefix):
-    def one(key):
-        return toy.speculative_round(key, method.spec, method.verifier, draft, target, prefix)[1]
-
-    return jax.jit(jax.vmap(one))
+def one_round(method, target, draft, keys) -> dict:
+    """One engine round per key, all from :data:`PREFIX`: the emitted tokens ``[R, L+1]``
+    (-1 past the emitted ones), ``num_emitted`` and ``num_accepted`` ``[R]``."""
+    engine = decode.Engine(
+        method=method,
+        target_apply=target.apply,
+        draft_apply=draft.apply,
+        vocab_size=target.vocab_size,
+    )
+    rows = keys.shape[0]
+    prompts = jnp.tile(jnp.asarray(PREFIX, jnp.int32)[None], (rows, 1))
+    lengths = np.full((rows,), len(PREFIX), np.int32)
+    width = method.spec.depth + 1
+    state = gen.init_state(engine, target, draft, prompts, lengths, keys, width)
+    state = jax.device_get(gen.jitted_step(engine)(state, target.params, draft.params))
+    emitted = np.asarray(state.counters.generated)
+    tokens = np.asarray(state.tokens)[:, len(PREFIX) : len(PREFIX) + width]
+    tokens = np.where(np.arange(width)[None] < emitted[:, None], tokens, -1)
+    accepted = np.argmax(np.asarray(state.counters.accepted_hist), axis=1)
+    return dict(tokens=tokens, num_emitted=emitted, num_accepted=accepted)
 
 
 def run(config) -> list[dict]:
@@ -39,8 +59,7 @@ def run(config) -> list[dict]:
     target, draft = toy.random_pair(
         rng, config.vocab, config.order, alpha=config.alpha, agreement=config.agreement
     )
-    prefix = (1, 2)
-    q_first = target[toy.context_of(prefix, config.order, config.vocab)]
+    q_first = target[toy.context_of(PREFIX, config.order, config.vocab)]
     chosen = [methods.parse(text) for text in config.methods.split("+") if text.strip()]
     # E|empirical - p| ~ sqrt(2 p (1 - p) / (pi n)) per id, for an exact sampler.
     tv_noise = 0.5 * float(np.sum(np.sqrt(2 * q_first * (1 - q_first) / (np.pi * config.rounds))))
@@ -49,14 +68,14 @@ def run(config) -> list[dict]:
         | dict(tv_noise=tv_noise)
     ]
     keys = jax.random.split(jax.random.PRNGKey(config.seed), config.rounds)
-    dt, tt = jnp.asarray(draft, jnp.float32), jnp.asarray(target, jnp.float32)
+    target_model, draft_model = toy.as_model(target), toy.as_model(draft)
     for method in chosen:
         start = time.perf_counter()
-        res = jax.device_get(_round_fn(method, dt, tt, prefix)(keys))
-        first = np.bincount(res.tokens[:, 0], minlength=config.vocab) / config.rounds
-        eta = metrics.block_efficiency(res.num_emitted.sum(), config.rounds)
+        res = one_round(method, target_model, draft_model, keys)
+        first = np.bincount(res["tokens"][:, 0], minlength=config.vocab) / config.rounds
+        eta = metrics.block_efficiency(res["num_emitted"].sum(), config.rounds)
         accept_depth = [
-            float(np.mean(res.num_accepted >= d)) for d in range(1, method.spec.depth + 1)
+            float(np.mean(res["num_accepted"] >= d)) for d in range(1, method.spec.depth + 1)
         ]
         rows.append(
             dict(

@@ -45,8 +45,7 @@ the ids ``(1, 2)``), ``order >= 1``, tables of at most :data:`TOY_TABLE_LIMIT` e
 ``alpha`` finite ``> 0``, ``agreement`` in ``[0, 1]`` (outside it the draft table is no
 distribution, and lossless methods would look broken), ``rounds >= 1``, ``draft_cost``
 finite ``>= 0``, ``seed`` as above, and ``methods`` a ``+``-separated list of distinct
-drafting methods verified by node walks (no ``ar``: AR is always the first row; no
-``/tv``: the demo's round has no traversal).
+drafting methods (no ``ar``: AR is always the first row).
 """
 
 from __future__ import annotations
@@ -200,9 +199,6 @@ def _toy_demo(config) -> None:
             continue
         if method.spec.depth == 0:
             c.fail("methods", "drafting methods only (AR is always the first row)")
-        elif method.traversal:
-            c.fail("methods", "node-walk methods only (the demo's round has no traversal; "
-                   "/tv methods run in the speculative job)")  # fmt: skip
     c.raise_if_any()
 
 

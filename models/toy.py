@@ -186,31 +186,3 @@ def as_model(table: np.ndarray, max_positions: int = 0) -> Model:
 
 def safe_log_table(probs: Array) -> Array:
     return jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
-
-
-def speculative_round(key, spec, verifier, draft_table, target_table, prefix):
-    """One speculative round with n-gram draft/target tables (no KV cache).
-
-    Args:
-      key: PRNG key (split into drafting and verification keys).
-      spec: static tree shape.
-      verifier: node verifier.
-      draft_table, target_table: n-gram tables (float32 arrays of the same order).
-      prefix: committed ids (Python ints), the root token last.
-
-    Returns:
-      ``(tree, WalkResult)``.
-    """
-    from rsd_jax import drafting, walk
-
-    order, vocab = target_table.ndim, target_table.shape[-1]
-    ctx = jnp.asarray(context_of(tuple(prefix[:-1]), order, vocab), jnp.int32)
-    k_draft, k_verify = jax.random.split(key)
-    tree, p = drafting.draft_tree(
-        k_draft,
-        spec,
-        prefix[-1],
-        lambda t, level: tree_probs(draft_table, ctx, t)[spec.level_slice(level)],
-    )
-    q = tree_probs(target_table, ctx, tree)
-    return tree, walk.verify_tree(k_verify, spec, tree, q, p, verifier)

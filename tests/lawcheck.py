@@ -22,8 +22,8 @@ import numpy as np
 from scipy import stats
 
 from models import toy
+from rsd_jax import drafting, tree_verifiers, verify, walk
 from rsd_jax import tree as tree_lib
-from rsd_jax import tree_verifiers, verify
 
 EXACT_TOL = 1e-9
 ALPHA = 1e-3
@@ -278,3 +278,30 @@ def node_law(plan_fn, q, p, k: int, proposal: str) -> tuple[np.ndarray, float]:
             reach *= 1.0 - a[i]
         law += reach * np.asarray(plan.residual)
     return law, accepted
+
+
+def speculative_round(key, spec, verifier, draft_table, target_table, prefix):
+    """One speculative round with n-gram draft/target tables and no cache: the draft loop
+    and the node walk called directly, to test them apart from the engine.
+
+    Args:
+      key: PRNG key (split into drafting and verification keys).
+      spec: static tree shape.
+      verifier: node verifier.
+      draft_table, target_table: n-gram tables (float32 arrays of the same order).
+      prefix: committed ids (Python ints), the root token last.
+
+    Returns:
+      ``(tree, WalkResult)``.
+    """
+    order, vocab = target_table.ndim, target_table.shape[-1]
+    ctx = jnp.asarray(toy.context_of(tuple(prefix[:-1]), order, vocab), jnp.int32)
+    k_draft, k_verify = jax.random.split(key)
+    tree, p = drafting.draft_tree(
+        k_draft,
+        spec,
+        prefix[-1],
+        lambda t, level: toy.tree_probs(draft_table, ctx, t)[spec.level_slice(level)],
+    )
+    q = toy.tree_probs(target_table, ctx, tree)
+    return tree, walk.verify_tree(k_verify, spec, tree, q, p, verifier)

@@ -187,7 +187,7 @@ class TraversalMechanicsTest(chex.TestCase):
         rrs = verify.get_verifier("rrs")
 
         def run(key):
-            tree, _ = toy.speculative_round(key, spec, rrs, dt, tt, PREFIX)
+            tree, _ = lawcheck.speculative_round(key, spec, rrs, dt, tt, PREFIX)
             q, p = toy.tree_probs(tt, ctx, tree), toy.tree_probs(dt, ctx, tree)
             return tree, traversal.verify_tree(jax.random.fold_in(key, 1), spec, tree, q, p)
 

@@ -145,7 +145,7 @@ def test_sampled_round_negative_control(spec):
 
 def _round(spec, verifier, draft, target, key):
     dt, tt = jnp.asarray(draft, jnp.float32), jnp.asarray(target, jnp.float32)
-    return toy.speculative_round(key, spec, verifier, dt, tt, PREFIX)
+    return lawcheck.speculative_round(key, spec, verifier, dt, tt, PREFIX)
 
 
 def test_rsdc_with_unit_branching_is_sd_exactly():
