@@ -58,28 +58,22 @@ def test_readme_table_lists_every_entry_point():
     )
 
 
+def _run_module(module: str, flag: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, flag], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.parametrize("module", _readme_entry_points())
 def test_entry_point_answers_help(module):
-    run = subprocess.run(
-        [sys.executable, "-m", module, "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = _run_module(module, "--help")
     source = (ROOT / pathlib.Path(*module.split("."))).with_suffix(".py").read_text()
     out = run.stdout + run.stderr
     if "app.run(" in source:
         # absl prints the usage and its flags, then exits 1 by design; --only_check_args
         # parses the flags and exits 0 without running the job.
         assert run.returncode in (0, 1) and "Try --helpfull" in out, out
-        check = subprocess.run(
-            [sys.executable, "-m", module, "--only_check_args"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        check = _run_module(module, "--only_check_args")
         assert check.returncode == 0, check.stdout + check.stderr
     else:
         assert run.returncode == 0 and "usage:" in out, out

@@ -238,14 +238,7 @@ def main():
         ids = encode(text)
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float().numpy()  # [T, V]
-        top = np.argsort(-logits, axis=-1)[:, :TOP_K]
-        arrays[f"{name}/ids"] = np.asarray(ids, np.int32)
-        arrays[f"{name}/topk_ids"] = top.astype(np.int32)
-        arrays[f"{name}/topk_vals"] = np.take_along_axis(logits, top, -1).astype(np.float32)
-        arrays[f"{name}/subset_vals"] = logits[:, subset].astype(np.float32)
-        m = logits.max(-1, keepdims=True)
-        lse = (m[:, 0] + np.log(np.exp(logits - m).sum(-1))).astype(np.float32)
-        arrays[f"{name}/lse"] = lse
+        summarize(logits, ids, subset, name, arrays)
         print(f"{name}: {len(ids)} tokens")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
