@@ -54,6 +54,8 @@ MODULES = (
     "models.presets",
     "models.hf_loader",
     "models.draft_vocab",
+    "models.quantize",
+    "models.int8_kernel",
     "models.student",
     "models.sharding",
     "models.errors",

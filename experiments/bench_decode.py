@@ -2,10 +2,12 @@
 
     python -m experiments.bench_decode                      # Qwen2.5-Coder 0.5B -> 1.5B
     python -m experiments.bench_decode --temperature=1 --top_p=0.95 --draft_vocab=0+32768
+    python -m experiments.bench_decode --draft_weights=float+int8   # int8 draft (models.quantize)
     python -m experiments.bench_decode --target=smollm2-135m --draft=smollm2-135m --max_new=32
 
-For each method (and each draft head size of ``--draft_vocab``) it reports tokens/s and the
-ratio to AR measured in the same run, and block efficiency (tokens per target call); then
+For each method (and each draft variant: head size of ``--draft_vocab`` x weight storage
+of ``--draft_weights``) it reports tokens/s and the ratio to AR measured in the same run,
+and block efficiency (tokens per target call); then
 where one round's time goes, phase by phase (:mod:`experiments.round_timing`: draft
 forwards, draft sampling, the target forward, the sampling transforms, verification, the
 commit and the rest), and the tree cost curve: one forward over T new tokens relative to
@@ -40,6 +42,11 @@ _DRAFT_VOCAB = flags.DEFINE_string(
     "'+'-separated draft head sizes to compare (0 = the full vocabulary; N = the N "
     "most frequent ids of experiments.datasets.vocabulary_corpus plus special tokens).",
 )
+_DRAFT_WEIGHTS = flags.DEFINE_string(
+    "draft_weights",
+    "float",
+    "'+'-separated draft weight storages to compare (float; int8 = models.quantize).",
+)
 _MAX_NEW = flags.DEFINE_integer("max_new", 48, "Tokens generated per prompt.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus mass (1 = off).")
@@ -67,54 +74,59 @@ def _print_table(header, rows):
 
 def main(argv):
     del argv
-    from models import adapter, draft_vocab, loading
+    from models import adapter, draft_vocab, loading, quantize
 
     t_loaded = loading.load_model(_TARGET.value)
     d_loaded = loading.load_model(_DRAFT.value)
     loading.check_compatible(d_loaded, t_loaded)
     target = adapter.to_rsd_model(t_loaded)
-    drafts = {}
+    drafts = {}  # label of the variant -> model
     for size in (int(v) for v in _DRAFT_VOCAB.value.split("+")):
-        if size == 0:
-            loaded = d_loaded
-        else:
+        loaded = d_loaded
+        if size:
             ids = sources.draft_vocab_ids(
                 d_loaded.tokenizer, d_loaded.config.valid_vocab_size, size
             )
             loaded = draft_vocab.restrict_head(d_loaded, ids)
-        drafts[size] = adapter.to_rsd_model(loaded, vocab_size=t_loaded.config.vocab_size)
+        for weights in _DRAFT_WEIGHTS.value.split("+"):
+            variant = quantize.quantize_int8(loaded) if weights == "int8" else loaded
+            parts = [f"draft vocab {size}"] * bool(size)
+            parts += [f"{weights} draft"] * (weights != "float")
+            drafts[", ".join(parts)] = adapter.to_rsd_model(
+                variant, vocab_size=t_loaded.config.vocab_size
+            )
     tok = t_loaded.tokenizer
     prompts = [tok.encode(p) for p in PROMPTS]
     bucket = max(len(p) for p in prompts)
     sampling = transforms.SamplingParams(temperature=_TEMPERATURE.value, top_p=_TOP_P.value)
     eos, valid = t_loaded.config.eos_id, t_loaded.config.valid_vocab_size
-    runs = []  # (label, method, draft vocab size)
+    runs = []  # (label, method, draft variant)
     for text in _METHODS.value.split("+"):
         method = methods.parse(text)
-        for size in drafts if method.spec.depth > 0 else [None]:
-            label = method.describe() + ("" if not size else f" | draft vocab {size}")
-            runs.append((label, method, size))
+        for variant in drafts if method.spec.depth > 0 else [None]:
+            label = method.describe() + ("" if not variant else f" | {variant}")
+            runs.append((label, method, variant))
 
-    def generate(method, size, prompt):
+    def generate(method, variant, prompt):
         return gen.generate(
-            target, None if size is None else drafts[size], [prompt], method,
+            target, None if variant is None else drafts[variant], [prompt], method,
             key=jax.random.PRNGKey(0), max_new_tokens=_MAX_NEW.value, sampling=sampling,
             eos_id=eos, valid_vocab_size=valid, bucket=bucket,
         )  # fmt: skip
 
     # Compile and warm up everything first, then time in interleaved passes
     # (best of `repeats` per method), so background load hits all methods alike.
-    for _, method, size in runs:
-        generate(method, size, prompts[0])
+    for _, method, variant in runs:
+        generate(method, variant, prompts[0])
     best = {label: [float("inf")] * len(prompts) for label, _, _ in runs}
     outs = {}
     for rep in range(_REPEATS.value):
         if rep == 0 and _PROFILE.value:
             jax.profiler.start_trace(_PROFILE.value)
-        for label, method, size in runs:
+        for label, method, variant in runs:
             for i, prompt in enumerate(prompts):
                 start = time.perf_counter()
-                out = generate(method, size, prompt)
+                out = generate(method, variant, prompt)
                 jax.block_until_ready(out.state.tokens)
                 best[label][i] = min(best[label][i], time.perf_counter() - start)
                 outs[label, i] = out
@@ -122,21 +134,21 @@ def main(argv):
             jax.profiler.stop_trace()
             print(f"profile of one pass written to {_PROFILE.value}")
     rows = []
-    for label, method, size in runs:
+    for label, method, variant in runs:
         calls = sum(int(outs[label, i].counters.target_calls[0]) for i in range(len(prompts)))
         generated = sum(len(outs[label, i].tokens[0]) for i in range(len(prompts)))
         total = sum(best[label])
         row = dict(
-            method=label, draft_vocab=size, tokens=generated, seconds=total,
+            method=label, draft=variant, tokens=generated, seconds=total,
             tokens_per_s=generated / total, block_efficiency=generated / calls,
             target_calls=calls,
         )  # fmt: skip
         if _BREAKDOWN.value:
             engine = decode.Engine(
-                method, target.apply, None if size is None else drafts[size].apply,
+                method, target.apply, None if variant is None else drafts[variant].apply,
                 target.vocab_size, valid, eos,
             )  # fmt: skip
-            d = None if size is None else drafts[size]
+            d = None if variant is None else drafts[variant]
             row["round"] = round_timing.round_breakdown(
                 engine, target, d, prompts[0], _MAX_NEW.value, sampling
             )
@@ -166,7 +178,7 @@ def main(argv):
         capacity = bucket + _MAX_NEW.value + max(widths) + 2
         prefix = bucket + _MAX_NEW.value // 2
         models = {"target": target} | {
-            f"draft (vocab {size or 'full'})": d for size, d in drafts.items()
+            f"draft ({variant or 'full vocab, float'})": d for variant, d in drafts.items()
         }
         for name, model in models.items():
             curves[name] = round_timing.tree_cost_curve(model, prefix, capacity, widths)

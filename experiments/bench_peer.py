@@ -86,6 +86,13 @@ _DRAFT_VOCAB = flags.DEFINE_integer(
     "Our draft's head: its N most frequent ids (0 = full; see "
     "models.draft_vocab). transformers' assistant always scores the full vocabulary.",
 )
+_DRAFT_WEIGHTS = flags.DEFINE_enum(
+    "draft_weights",
+    "int8",
+    ["float", "int8"],
+    "Our draft's weights (int8: models.quantize, a cheaper call; exact either way). "
+    "transformers' assistant runs the float32 weights.",
+)
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", None, "torch.set_num_threads (default: os.cpu_count())."
 )
@@ -411,6 +418,7 @@ def bench(
     prompts: Sequence[Sequence[int]] | None = None,
     torch_threads: int | None = None,
     draft_vocab: int = 0,
+    draft_weights: str = "float",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Loads both sides, times every system, returns the JSON payload (``summaries``:
@@ -423,7 +431,7 @@ def bench(
     import transformers
 
     from experiments import sources
-    from models import adapter, loading
+    from models import adapter, loading, quantize
     from models import draft_vocab as draft_vocab_lib
 
     transformers.logging.set_verbosity_error()
@@ -442,6 +450,8 @@ def bench(
             d_loaded.tokenizer, d_loaded.config.valid_vocab_size, draft_vocab
         )
         d_loaded = draft_vocab_lib.restrict_head(d_loaded, ids)
+    if draft_weights == "int8":
+        d_loaded = quantize.quantize_int8(d_loaded)
     target = adapter.to_rsd_model(t_loaded)
     draft = adapter.to_rsd_model(d_loaded, vocab_size=t_loaded.config.vocab_size)
     tok = t_loaded.tokenizer
@@ -511,6 +521,7 @@ def main(argv):
         max_prompt_tokens=_MAX_PROMPT_TOKENS.value,
         torch_threads=_TORCH_THREADS.value,
         draft_vocab=_DRAFT_VOCAB.value,
+        draft_weights=_DRAFT_WEIGHTS.value,
         log=lambda text: print(text, flush=True),
     )
     for summary in result["summaries"]:

@@ -119,9 +119,10 @@ def draft_vocab_ids(tokenizer, vocab_size: int, keep: int) -> np.ndarray:
 
 def real_models(config) -> Bundle:
     """Loads ``config.draft`` and ``config.target`` (presets or local paths), checks
-    that they share a tokenizer, and restricts the draft's head to ``config.draft_vocab``
-    ids when it is not 0 (:mod:`models.draft_vocab`)."""
-    from models import adapter, draft_vocab, loading
+    that they share a tokenizer, restricts the draft's head to ``config.draft_vocab``
+    ids when it is not 0 (:mod:`models.draft_vocab`) and stores its weights as int8 with
+    ``draft_weights='int8'`` (:mod:`models.quantize`)."""
+    from models import adapter, draft_vocab, loading, quantize
 
     kw = dict(dtype=config.dtype, scan_layers=config.scan_layers)
     target = loading.load_model(config.target, **kw)
@@ -131,6 +132,8 @@ def real_models(config) -> Bundle:
         # A draft exported with its own restricted head (e.g. by the distill job) keeps it.
         ids = draft_vocab_ids(draft.tokenizer, draft.config.valid_vocab_size, config.draft_vocab)
         draft = draft_vocab.restrict_head(draft, ids)
+    if config.draft_weights == "int8":
+        draft = quantize.quantize_int8(draft)
     tok = target.tokenizer
     eos = tok.eos_id if tok is not None else target.config.eos_id
     tp, dp = count_params(target.params), count_params(draft.params)

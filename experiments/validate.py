@@ -16,8 +16,9 @@ Accepted ranges of the ``speculative`` job, by section of
 
 - what to run: ``sweep`` one of its listed values; ``method`` a ``+``-separated list
   without repeats;
-- models: ``target``, ``draft`` non-empty; ``draft_vocab >= 0``; ``dtype`` one of
-  ``models.config.DTYPES``; ``mesh``: ``""`` or ``1xM`` with ``M >= 1``;
+- models: ``target``, ``draft`` non-empty; ``draft_vocab >= 0``; ``draft_weights`` one of
+  ``models.config.WEIGHTS``; ``dtype`` one of ``models.config.DTYPES``; ``mesh``: ``""``
+  or ``1xM`` with ``M >= 1``;
 - prompts: ``dataset`` ``+``-separated known names without repeats; ``num_prompts``,
   ``max_new_tokens``, ``shakespeare_lines`` integers ``>= 1``; ``max_prompt_tokens >= 2``
   (:data:`MIN_PROMPT_TOKENS`: drafting re-reads the last prompt token, so a prompt needs
@@ -56,7 +57,7 @@ from experiments import datasets
 from experiments import mesh as mesh_lib
 from experiments import plan as plan_lib
 from experiments.configs import common
-from models.config import DTYPES
+from models.config import DTYPES, WEIGHTS
 from rsd_jax import methods
 
 SEED_MAX = 2**32 - 1
@@ -219,6 +220,7 @@ def _speculative(config) -> None:
         c.int_in(key, 1)
     c.int_in("max_prompt_tokens", MIN_PROMPT_TOKENS)
     c.int_in("draft_vocab", 0)  # 0 = full; the upper bound is the draft's, checked on load
+    c.choice("draft_weights", WEIGHTS)
     c.choice("chat_template", CHAT_TEMPLATES)
     _sampling(c)
     c.int_in("seed", 0, SEED_MAX)

@@ -39,6 +39,7 @@ COMPAT_KEYS = (
     "target",
     "draft",
     "draft_vocab",
+    "draft_weights",
     "dtype",
     "dataset",
     "max_new_tokens",
@@ -48,7 +49,7 @@ COMPAT_KEYS = (
     "seed",
 )  # and the sampling each dataset gets (:func:`sampling_by_dataset`)
 # Keys added after workdirs existed, with the value that reproduces what those workdirs hold.
-ADDED_KEYS = {"draft_vocab": 0}
+ADDED_KEYS = {"draft_vocab": 0, "draft_weights": "float"}
 CALIBRATION = "calibration.json"
 
 LOCK = ".lock"

@@ -20,6 +20,7 @@ _GGUF_FAMILY = {"gemma3": "gemma3_text"}
 _GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA = 6, 10000.0
 ROPE_LAYOUTS = ("interleaved", "rotate_half")
 DTYPES = ("float32", "bfloat16")
+WEIGHTS = ("float", "int8")  # how matrices are stored (ModelConfig.weights)
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 NORMS = ("rms", "rms_plus_one", "layer")
 MLPS = ("swiglu", "geglu_tanh", "relu")
@@ -96,6 +97,10 @@ class ModelConfig:
         position p reads at row p + 2 (OPT's offset); no RoPE then.
       embed_dim: 0, or the width of the token embeddings when it differs from hidden
         (OPT's word_embed_proj_dim, with `project_in`/`project_out` around the blocks).
+      weights: 'float' (matrices stored in `dtype`) or 'int8' (every projection matrix, the
+        head and the embedding stored as int8 with one float32 scale per output channel,
+        computed in `dtype`; see `models.quantize`). For drafts: a draft call reads a
+        quarter of the bytes, and any draft law keeps speculative decoding lossless.
     """
 
     arch: str
@@ -136,6 +141,7 @@ class ModelConfig:
     final_softcap: float = 0.0
     learned_positions: int = 0
     embed_dim: int = 0
+    weights: str = "float"
 
     def __post_init__(self):
         # JSON gives lists; keep the config hashable.
@@ -152,6 +158,8 @@ class ModelConfig:
             raise ValueError(f"rope_layout {self.rope_layout!r} not in {ROPE_LAYOUTS}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} not in {DTYPES}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights {self.weights!r} not in {WEIGHTS}")
         if self.heads % self.kv_heads:
             raise ValueError(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
         if self.head_dim % 2:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import int8_kernel
 from models.config import ModelConfig
 from models.errors import PromptTooLongError
 from rsd_jax import kv_cache
@@ -229,7 +230,7 @@ class Attention(nn.Module):
         sin/cos are None for a model without RoPE (learned positions)."""
         c = self.config
         dt = jnp.dtype(c.dtype)
-        dense = functools.partial(nn.Dense, dtype=dt, param_dtype=dt)
+        dense = _dense(c)
         b, t, _ = x.shape
         q = dense(c.heads * c.head_dim, use_bias=c.qkv_bias, name="q")(x)
         k = dense(c.kv_heads * c.head_dim, use_bias=c.qkv_bias, name="k")(x)
@@ -266,7 +267,7 @@ class MLP(nn.Module):
     def __call__(self, x):  # [B, T, D] -> [B, T, D]
         c = self.config
         dt = jnp.dtype(c.dtype)
-        dense = functools.partial(nn.Dense, use_bias=c.dense_bias, dtype=dt, param_dtype=dt)
+        dense = functools.partial(_dense(c), use_bias=c.dense_bias)
         up = dense(c.mlp_hidden, name="up")(x)
         if c.mlp == "relu":  # OPT: fc1 -> relu -> fc2
             return dense(c.hidden, name="down")(nn.relu(up))
@@ -346,12 +347,15 @@ class Decoder(nn.Module):
         dt = jnp.dtype(c.dtype)
         t = tokens.shape[1]
         width = c.embed_dim or c.hidden
-        embed = nn.Embed(c.vocab_size, width, dtype=dt, param_dtype=dt, name="embed")
+        if c.weights == "int8":
+            embed = Int8Embed(c.vocab_size, width, dt, name="embed")
+        else:
+            embed = nn.Embed(c.vocab_size, width, dtype=dt, param_dtype=dt, name="embed")
         x = embed(tokens)  # [B, T, D] (or [B, T, embed_dim])
         if c.embed_scale:  # sqrt(D) rounded to the model dtype first, as transformers does
             x = x * jnp.asarray(np.sqrt(c.hidden), dt)
         if c.embed_dim:
-            x = nn.Dense(c.hidden, use_bias=False, dtype=dt, param_dtype=dt, name="project_in")(x)
+            x = _dense(c)(c.hidden, use_bias=False, name="project_in")(x)
         slots = cache.index[:, None] + jnp.arange(t)[None, :]  # [B, T]
         pos_all = write_positions(cache.pos, slots, positions)  # [1, B, S]
         if c.learned_positions:  # OPT: position p reads row p + 2; no RoPE
@@ -387,21 +391,23 @@ class Decoder(nn.Module):
         if c.pre_norm:
             x = RMSNorm(c.rms_eps, dt, c.norm, name="final_norm")(x)
         if c.embed_dim:
-            x = nn.Dense(width, use_bias=False, dtype=dt, param_dtype=dt, name="project_out")(x)
+            x = _dense(c)(width, use_bias=False, name="project_out")(x)
         new_cache = KVCache(k_all, v_all, pos_all, cache.index + t)
         # The head accumulates and returns float32 whatever the model dtype: acceptance
         # ratios q/p amplify the error of 8-bit-mantissa (bfloat16) logits.
         if c.head_vocab:  # a draft scoring only the ids in its params (models.draft_vocab)
-            compact = Head(c.head_vocab, dt, name=HEAD)(x)  # [B, T, V']
+            compact = Head(c.head_vocab, dt, c.weights, name=HEAD)(x)  # [B, T, V']
             if c.final_softcap:
                 compact = c.final_softcap * jnp.tanh(compact / c.final_softcap)
             ids = self.param(f"{HEAD}_ids", nn.initializers.zeros, (c.head_vocab,), jnp.int32)
             full = jnp.full(x.shape[:2] + (c.vocab_size,), MASK_VALUE, jnp.float32)
             return full.at[:, :, ids].set(compact), new_cache
-        if c.tied_embeddings:
+        if c.tied_embeddings and c.weights == "int8":
+            logits = embed(attend=x)
+        elif c.tied_embeddings:
             logits = _dot_f32(x, embed.embedding, "btd,vd->btv")
         else:
-            logits = Head(c.vocab_size, dt, name="lm_head")(x)  # [B, T, V]
+            logits = Head(c.vocab_size, dt, c.weights, name="lm_head")(x)  # [B, T, V]
         if c.final_softcap:
             logits = c.final_softcap * jnp.tanh(logits / c.final_softcap)
         if c.valid_vocab_size < c.vocab_size:
@@ -422,16 +428,77 @@ def _dot_f32(x, w, spec):
 
 class Head(nn.Module):
     """Output projection `[B, T, D] -> [B, T, width]` float32 (params `kernel` [D, width],
-    the layout of `nn.Dense`)."""
+    the layout of `nn.Dense`; with int8 weights also `kernel_scale` [width])."""
 
     width: int
     dtype: jnp.dtype
+    weights: str = "float"
 
     @nn.compact
     def __call__(self, x):
+        if self.weights == "int8":
+            tiles, scale = _int8_kernel(self, x.shape[-1], self.width)
+            return int8_kernel.matmul(x.astype(jnp.float32), tiles, scale, self.width)
         init = nn.initializers.lecun_normal()
         kernel = self.param("kernel", init, (x.shape[-1], self.width), self.dtype)
         return _dot_f32(x, kernel, "btd,dv->btv")
+
+
+def _dense(c: ModelConfig):
+    """The projection module of `c`: `nn.Dense` in the model dtype, or `Int8Dense`."""
+    dt = jnp.dtype(c.dtype)
+    if c.weights == "int8":
+        return functools.partial(Int8Dense, dtype=dt)
+    return functools.partial(nn.Dense, dtype=dt, param_dtype=dt)
+
+
+class Int8Dense(nn.Module):
+    """`x @ W + b` with W [D, F] stored as int8 tiles (`models.int8_kernel`: `kernel`
+    [ceil(F / 64), D, 64] int8 and `kernel_scale` [64 ceil(F / 64)] float32, one scale per
+    output channel, made by `models.quantize`). A call reads one byte per weight."""
+
+    features: int
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        tiles, scale = _int8_kernel(self, x.shape[-1], self.features)
+        y = int8_kernel.matmul(x.astype(jnp.float32), tiles, scale, self.features)
+        y = y.astype(self.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
+        return y
+
+
+def _int8_kernel(module: nn.Module, inputs: int, features: int):
+    """Declares the int8 `kernel` tiles and their float32 `kernel_scale` (see Int8Dense)."""
+    width = int8_kernel.padded(features)
+    shape = (width // int8_kernel.BLOCK, inputs, int8_kernel.BLOCK)
+    tiles = module.param("kernel", nn.initializers.zeros, shape, jnp.int8)
+    scale = module.param("kernel_scale", nn.initializers.ones, (width,), jnp.float32)
+    return tiles, scale
+
+
+class Int8Embed(nn.Module):
+    """Token embedding E [V, D] stored as the int8 tiles of E^T (the layout of an
+    `Int8Dense` head of width V, `kernel` and `kernel_scale`: one scale per id). A lookup
+    gathers an id's column of its tile; `attend` (a tied output head) is the int8 product,
+    so both uses read one byte per weight."""
+
+    num: int
+    features: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, tokens=None, attend=None):
+        """`tokens` [B, T] -> [B, T, D] embeddings, or `attend` [B, T, D] -> [B, T, V]."""
+        tiles, scale = _int8_kernel(self, self.features, self.num)
+        if attend is not None:
+            return int8_kernel.matmul(attend.astype(jnp.float32), tiles, scale, self.num)
+        block = int8_kernel.BLOCK
+        rows = tiles[tokens // block, :, tokens % block].astype(jnp.float32)  # [B, T, D]
+        return (rows * scale[tokens][..., None]).astype(self.dtype)
 
 
 @functools.cache

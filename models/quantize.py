@@ -1,0 +1,104 @@
+"""Int8 weights for a draft: a draft call that reads a quarter of the bytes, still exact.
+
+A speculative method is lossless for *any* draft law (the verifier only needs the law each
+drafted token was drawn from), so a draft may be a coarser copy of a model. On a CPU a
+decoding call of a small model is bound by reading its weights, so storing them as int8
+instead of float32 makes the call about twice as fast (XLA converts the int8 operand
+inside the product; it does not materialise a float copy); acceptance moves only by how
+far the coarser draft's law moves.
+
+Scheme (symmetric, per output channel): a matrix W [.., D, F] becomes q = round(W / s) in
+[-127, 127] with s [.., F] = max_d |W[d, f]| / 127 (1 where a column is all zero), stored as
+`kernel` = the int8 tiles of q (`models.int8_kernel`: [.., F / 64, D, 64], F padded to a
+multiple of 64) and `kernel_scale` = s. The embedding table E [V, D] is stored the same way
+as E^T (one scale per id), which serves both the token lookup and a tied output head.
+Norms, biases and a learned position table stay in the model dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import decoder, int8_kernel
+from models.loading import LoadedModel
+
+_LEVELS = 127
+
+
+def quantize_rows(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of ``w`` with one scale per slice along every axis but ``axis``.
+
+    Returns ``(q int8, scale float32)`` with ``scale`` the shape of ``w`` without ``axis``
+    and ``q * expand_dims(scale, axis)`` within ``scale / 2`` of ``w`` elementwise.
+    """
+    w = np.asarray(w, np.float32)
+    if not np.all(np.isfinite(w)):
+        raise ValueError("cannot quantize weights that are not finite")
+    scale = np.max(np.abs(w), axis=axis) / _LEVELS
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.rint(w / np.expand_dims(scale, axis))
+    return np.clip(q, -_LEVELS, _LEVELS).astype(np.int8), scale
+
+
+def tiles_of(w) -> tuple[np.ndarray, np.ndarray]:
+    """``w [.., D, F]`` float -> (int8 tiles ``[.., Fp / 64, D, 64]``, scale ``[.., Fp]``)."""
+    q, scale = quantize_rows(w, axis=-2)
+    pad = int8_kernel.padded(q.shape[-1]) - q.shape[-1]
+    q = np.pad(q, [(0, 0)] * (q.ndim - 1) + [(0, pad)])
+    scale = np.pad(scale, [(0, 0)] * (scale.ndim - 1) + [(0, pad)], constant_values=1.0)
+    *lead, d, width = q.shape
+    tiles = q.reshape(*lead, d, width // int8_kernel.BLOCK, int8_kernel.BLOCK)
+    return np.ascontiguousarray(np.moveaxis(tiles, -2, -3)), scale
+
+
+def int8_params(params) -> dict:
+    """The params of a float decoder with every ``kernel`` (``[.., D, F]``, stacked or
+    not) and the ``embed`` table stored as int8 tiles plus float32 scales (module doc)."""
+
+    def walk(tree, name):
+        if not isinstance(tree, dict):
+            return tree
+        out = {}
+        for key, value in tree.items():
+            if key == "kernel" and np.ndim(value) >= 2:
+                out["kernel"], out["kernel_scale"] = map(jnp.asarray, tiles_of(value))
+            elif name == "embed" and key == "embedding":
+                table = np.asarray(value, np.float32).T  # [D, V]: one scale per id
+                out["kernel"], out["kernel_scale"] = map(jnp.asarray, tiles_of(table))
+            else:
+                out[key] = walk(value, key)
+        return out
+
+    return walk(dict(params), "")
+
+
+def quantize_int8(model: LoadedModel) -> LoadedModel:
+    """``model`` with int8 weights (``ModelConfig.weights = 'int8'``); see the module doc.
+
+    Raises:
+      ValueError: the model already has int8 weights, or its params do not have the
+        layout of its config (checked against the decoder's own parameter shapes).
+    """
+    c = model.config
+    if c.weights != "float":
+        raise ValueError(f"{c.name or 'the model'} already has {c.weights} weights")
+    config = c.replace(weights="int8")
+    params = int8_params(model.params)
+    _check_layout(config, params)
+    return model._replace(config=config, params=params)
+
+
+def _check_layout(config, params) -> None:
+    """Raises ValueError unless ``params`` has the tree, shapes and dtypes ``config``'s
+    decoder declares."""
+    cache = decoder.init_cache(config, 1, 2)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    mask = decoder.causal_mask(cache.index, 1, 2)
+    init = decoder.Decoder(config).init
+    want = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), tokens, tokens, mask, cache))
+    want = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), want["params"])
+    got = jax.tree_util.tree_map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), params)
+    if want != got:
+        raise ValueError(f"int8 params do not match the decoder of {config.name!r}")
