@@ -55,7 +55,7 @@ MODULES = (
     "models.hf_loader",
     "models.draft_vocab",
     "models.quantize",
-    "models.int8_kernel",
+    "models.tiled_matmul",
     "models.student",
     "models.sharding",
     "models.errors",

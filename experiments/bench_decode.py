@@ -3,6 +3,7 @@
     python -m experiments.bench_decode                      # Qwen2.5-Coder 0.5B -> 1.5B
     python -m experiments.bench_decode --temperature=1 --top_p=0.95 --draft_vocab=0+32768
     python -m experiments.bench_decode --draft_weights=float+int8   # int8 draft (models.quantize)
+    python -m experiments.bench_decode --target_weights=tiled --draft_weights=int8
     python -m experiments.bench_decode --target=smollm2-135m --draft=smollm2-135m --max_new=32
 
 For each method (and each draft variant: head size of ``--draft_vocab`` x weight storage
@@ -45,7 +46,10 @@ _DRAFT_VOCAB = flags.DEFINE_string(
 _DRAFT_WEIGHTS = flags.DEFINE_string(
     "draft_weights",
     "float",
-    "'+'-separated draft weight storages to compare (float; int8 = models.quantize).",
+    "'+'-separated draft weight storages to compare (float, tiled, int8: models.quantize).",
+)
+_TARGET_WEIGHTS = flags.DEFINE_enum(
+    "target_weights", "float", ["float", "tiled"], "The target's weights (models.quantize)."
 )
 _MAX_NEW = flags.DEFINE_integer("max_new", 48, "Tokens generated per prompt.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
@@ -79,6 +83,7 @@ def main(argv):
     t_loaded = loading.load_model(_TARGET.value)
     d_loaded = loading.load_model(_DRAFT.value)
     loading.check_compatible(d_loaded, t_loaded)
+    t_loaded = quantize.convert(t_loaded, _TARGET_WEIGHTS.value)
     target = adapter.to_rsd_model(t_loaded)
     drafts = {}  # label of the variant -> model
     for size in (int(v) for v in _DRAFT_VOCAB.value.split("+")):
@@ -89,7 +94,7 @@ def main(argv):
             )
             loaded = draft_vocab.restrict_head(d_loaded, ids)
         for weights in _DRAFT_WEIGHTS.value.split("+"):
-            variant = quantize.quantize_int8(loaded) if weights == "int8" else loaded
+            variant = quantize.convert(loaded, weights)
             parts = [f"draft vocab {size}"] * bool(size)
             parts += [f"{weights} draft"] * (weights != "float")
             drafts[", ".join(parts)] = adapter.to_rsd_model(

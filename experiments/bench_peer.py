@@ -19,6 +19,11 @@ and fed the same token ids (our tokenizer encodes the prompts for both sides):
   'constant'``, ``assistant_confidence_threshold=0`` (no confidence stop), i.e. plain SD
   with 4 draft tokens, comparable to our ``sd:4``.
 
+Our side stores the target's weights tiled (``--target_weights``: the same float32 model to
+float rounding, computed by models.tiled_matmul) and the draft's as int8 (``--draft_weights``;
+a different draft law, which every method verifies exactly); ``--target_weights=float
+--draft_weights=float`` compares like for like in storage.
+
 Each call's settings are fresh (the assistant's generation config is restored before each
 call, so nothing adapts across calls). Prompts: the first ``--num_prompts`` HumanEval
 prompts of the project's deterministic selection (``experiments.datasets.load_prompts``,
@@ -82,16 +87,23 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Interleaved timed passes (best ke
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 _DRAFT_VOCAB = flags.DEFINE_integer(
     "draft_vocab",
-    32768,
+    0,
     "Our draft's head: its N most frequent ids (0 = full; see "
     "models.draft_vocab). transformers' assistant always scores the full vocabulary.",
 )
 _DRAFT_WEIGHTS = flags.DEFINE_enum(
     "draft_weights",
     "int8",
-    ["float", "int8"],
+    ["float", "tiled", "int8"],
     "Our draft's weights (int8: models.quantize, a cheaper call; exact either way). "
     "transformers' assistant runs the float32 weights.",
+)
+_TARGET_WEIGHTS = flags.DEFINE_enum(
+    "target_weights",
+    "tiled",
+    ["float", "tiled"],
+    "Our target's weights (tiled: float32 tiles for models.tiled_matmul, the same model to "
+    "float rounding). transformers runs the same float32 weights.",
 )
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", None, "torch.set_num_threads (default: os.cpu_count())."
@@ -419,6 +431,7 @@ def bench(
     torch_threads: int | None = None,
     draft_vocab: int = 0,
     draft_weights: str = "float",
+    target_weights: str = "float",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Loads both sides, times every system, returns the JSON payload (``summaries``:
@@ -450,8 +463,8 @@ def bench(
             d_loaded.tokenizer, d_loaded.config.valid_vocab_size, draft_vocab
         )
         d_loaded = draft_vocab_lib.restrict_head(d_loaded, ids)
-    if draft_weights == "int8":
-        d_loaded = quantize.quantize_int8(d_loaded)
+    d_loaded = quantize.convert(d_loaded, draft_weights)
+    t_loaded = quantize.convert(t_loaded, target_weights)
     target = adapter.to_rsd_model(t_loaded)
     draft = adapter.to_rsd_model(d_loaded, vocab_size=t_loaded.config.vocab_size)
     tok = t_loaded.tokenizer
@@ -522,6 +535,7 @@ def main(argv):
         torch_threads=_TORCH_THREADS.value,
         draft_vocab=_DRAFT_VOCAB.value,
         draft_weights=_DRAFT_WEIGHTS.value,
+        target_weights=_TARGET_WEIGHTS.value,
         log=lambda text: print(text, flush=True),
     )
     for summary in result["summaries"]:

@@ -28,7 +28,9 @@ class Bundle(NamedTuple):
       tokenizer: text <-> ids (``encode``/``decode``), or None for toy models.
       eos_id: stop id (-1: none).
       valid_vocab_size: ids at or beyond it get probability 0 (None: all valid).
-      target_params, draft_params: parameter counts (``r`` of MBSU is their ratio).
+      target_params, draft_params: parameter counts, an int8 weight counting a quarter (a
+        float32 or bfloat16 weight counts 1 in both models). ``r`` of MBSU is
+        their ratio, the ratio of the bytes one call of each reads.
       info: a JSON-able description (names, sizes) stored with the results.
     """
 
@@ -55,6 +57,11 @@ class EncodedPrompt(NamedTuple):
 
 def count_params(params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def float32_equivalent(params) -> int:
+    """The parameter count, an int8 weight counting a quarter (the bytes it reads)."""
+    return int(sum(x.size // 4 if x.dtype == np.int8 else x.size for x in jax.tree.leaves(params)))
 
 
 def paper_sampling(dataset: str) -> tuple[float, float]:
@@ -120,8 +127,8 @@ def draft_vocab_ids(tokenizer, vocab_size: int, keep: int) -> np.ndarray:
 def real_models(config) -> Bundle:
     """Loads ``config.draft`` and ``config.target`` (presets or local paths), checks
     that they share a tokenizer, restricts the draft's head to ``config.draft_vocab``
-    ids when it is not 0 (:mod:`models.draft_vocab`) and stores its weights as int8 with
-    ``draft_weights='int8'`` (:mod:`models.quantize`)."""
+    ids when it is not 0 (:mod:`models.draft_vocab`) and stores the weights as
+    ``target_weights`` / ``draft_weights`` say (:mod:`models.quantize`)."""
     from models import adapter, draft_vocab, loading, quantize
 
     kw = dict(dtype=config.dtype, scan_layers=config.scan_layers)
@@ -132,11 +139,11 @@ def real_models(config) -> Bundle:
         # A draft exported with its own restricted head (e.g. by the distill job) keeps it.
         ids = draft_vocab_ids(draft.tokenizer, draft.config.valid_vocab_size, config.draft_vocab)
         draft = draft_vocab.restrict_head(draft, ids)
-    if config.draft_weights == "int8":
-        draft = quantize.quantize_int8(draft)
+    target = quantize.convert(target, config.target_weights)
+    draft = quantize.convert(draft, config.draft_weights)
     tok = target.tokenizer
     eos = tok.eos_id if tok is not None else target.config.eos_id
-    tp, dp = count_params(target.params), count_params(draft.params)
+    tp, dp = float32_equivalent(target.params), float32_equivalent(draft.params)
     info = {
         "target": config.target,
         "draft": config.draft,

@@ -17,8 +17,9 @@ Accepted ranges of the ``speculative`` job, by section of
 - what to run: ``sweep`` one of its listed values; ``method`` a ``+``-separated list
   without repeats;
 - models: ``target``, ``draft`` non-empty; ``draft_vocab >= 0``; ``draft_weights`` one of
-  ``models.config.WEIGHTS``; ``dtype`` one of ``models.config.DTYPES``; ``mesh``: ``""``
-  or ``1xM`` with ``M >= 1``;
+  ``models.config.WEIGHTS``, ``target_weights`` ``'float'`` or ``'tiled'`` (both
+  ``'float'`` unless ``dtype`` is float32); ``dtype`` one of ``models.config.DTYPES``;
+  ``mesh``: ``""`` or ``1xM`` with ``M >= 1``;
 - prompts: ``dataset`` ``+``-separated known names without repeats; ``num_prompts``,
   ``max_new_tokens``, ``shakespeare_lines`` integers ``>= 1``; ``max_prompt_tokens >= 2``
   (:data:`MIN_PROMPT_TOKENS`: drafting re-reads the last prompt token, so a prompt needs
@@ -221,6 +222,10 @@ def _speculative(config) -> None:
     c.int_in("max_prompt_tokens", MIN_PROMPT_TOKENS)
     c.int_in("draft_vocab", 0)  # 0 = full; the upper bound is the draft's, checked on load
     c.choice("draft_weights", WEIGHTS)
+    c.choice("target_weights", ("float", "tiled"))  # int8 would change the target's law
+    laid_out = [k for k in ("target_weights", "draft_weights") if config[k] != "float"]
+    if laid_out and config.dtype != "float32":
+        c.fail(laid_out[0], f"'float' with dtype={config.dtype!r} (tiles compute in float32)")
     c.choice("chat_template", CHAT_TEMPLATES)
     _sampling(c)
     c.int_in("seed", 0, SEED_MAX)
@@ -241,6 +246,10 @@ def _speculative(config) -> None:
     if sizes is not None and (sizes[0] != 1 or sizes[1] < 1):
         c.fail("mesh", "'' (one device) or 1xM with M >= 1 (prompts run one at a time, so the "
                "data axis must be 1)")  # fmt: skip
+    laid_out = [k for k in ("target_weights", "draft_weights") if config[k] != "float"]
+    if sizes is not None and laid_out:
+        c.fail(laid_out[0], "'float' with a mesh (tiled and int8 weights are a one-device CPU "
+               "layout without tensor-parallel rules)")  # fmt: skip
     c.raise_if_any()
     try:
         specs = plan_lib.plan(config)

@@ -40,6 +40,7 @@ COMPAT_KEYS = (
     "draft",
     "draft_vocab",
     "draft_weights",
+    "target_weights",
     "dtype",
     "dataset",
     "max_new_tokens",
@@ -49,7 +50,7 @@ COMPAT_KEYS = (
     "seed",
 )  # and the sampling each dataset gets (:func:`sampling_by_dataset`)
 # Keys added after workdirs existed, with the value that reproduces what those workdirs hold.
-ADDED_KEYS = {"draft_vocab": 0, "draft_weights": "float"}
+ADDED_KEYS = {"draft_vocab": 0, "draft_weights": "float", "target_weights": "float"}
 CALIBRATION = "calibration.json"
 
 LOCK = ".lock"

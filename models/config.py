@@ -20,7 +20,7 @@ _GGUF_FAMILY = {"gemma3": "gemma3_text"}
 _GEMMA3_PATTERN, _GEMMA3_LOCAL_THETA = 6, 10000.0
 ROPE_LAYOUTS = ("interleaved", "rotate_half")
 DTYPES = ("float32", "bfloat16")
-WEIGHTS = ("float", "int8")  # how matrices are stored (ModelConfig.weights)
+WEIGHTS = ("float", "tiled", "int8")  # how matrices are stored (ModelConfig.weights)
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 NORMS = ("rms", "rms_plus_one", "layer")
 MLPS = ("swiglu", "geglu_tanh", "relu")
@@ -97,10 +97,13 @@ class ModelConfig:
         position p reads at row p + 2 (OPT's offset); no RoPE then.
       embed_dim: 0, or the width of the token embeddings when it differs from hidden
         (OPT's word_embed_proj_dim, with `project_in`/`project_out` around the blocks).
-      weights: 'float' (matrices stored in `dtype`) or 'int8' (every projection matrix, the
-        head and the embedding stored as int8 with one float32 scale per output channel,
-        computed in `dtype`; see `models.quantize`). For drafts: a draft call reads a
-        quarter of the bytes, and any draft law keeps speculative decoding lossless.
+      weights: how the projection matrices, the head and the embedding are stored (see
+        `models.quantize`): 'float' (in `dtype`, XLA's products), 'tiled' (float32 in 64-column
+        tiles, computed by `models.tiled_matmul`: the same model to float rounding, and
+        scoring a tree of a few tokens costs little more than one token on a CPU) or 'int8'
+        (tiles of int8 with one float32 scale per output channel: a coarser model reading a
+        quarter of the bytes; for drafts, whose law may be anything without losing
+        exactness).
     """
 
     arch: str
@@ -160,6 +163,8 @@ class ModelConfig:
             raise ValueError(f"dtype {self.dtype!r} not in {DTYPES}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights {self.weights!r} not in {WEIGHTS}")
+        if self.weights == "tiled" and self.dtype != "float32":
+            raise ValueError("weights='tiled' stores float32; use dtype='float32'")
         if self.heads % self.kv_heads:
             raise ValueError(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
         if self.head_dim % 2:

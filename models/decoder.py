@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import int8_kernel
+from models import tiled_matmul
 from models.config import ModelConfig
 from models.errors import PromptTooLongError
 from rsd_jax import kv_cache
@@ -347,8 +347,8 @@ class Decoder(nn.Module):
         dt = jnp.dtype(c.dtype)
         t = tokens.shape[1]
         width = c.embed_dim or c.hidden
-        if c.weights == "int8":
-            embed = Int8Embed(c.vocab_size, width, dt, name="embed")
+        if c.weights != "float":
+            embed = TiledEmbed(c.vocab_size, width, dt, c.weights, name="embed")
         else:
             embed = nn.Embed(c.vocab_size, width, dtype=dt, param_dtype=dt, name="embed")
         x = embed(tokens)  # [B, T, D] (or [B, T, embed_dim])
@@ -402,7 +402,7 @@ class Decoder(nn.Module):
             ids = self.param(f"{HEAD}_ids", nn.initializers.zeros, (c.head_vocab,), jnp.int32)
             full = jnp.full(x.shape[:2] + (c.vocab_size,), MASK_VALUE, jnp.float32)
             return full.at[:, :, ids].set(compact), new_cache
-        if c.tied_embeddings and c.weights == "int8":
+        if c.tied_embeddings and c.weights != "float":
             logits = embed(attend=x)
         elif c.tied_embeddings:
             logits = _dot_f32(x, embed.embedding, "btd,vd->btv")
@@ -428,7 +428,7 @@ def _dot_f32(x, w, spec):
 
 class Head(nn.Module):
     """Output projection `[B, T, D] -> [B, T, width]` float32 (params `kernel` [D, width],
-    the layout of `nn.Dense`; with int8 weights also `kernel_scale` [width])."""
+    the layout of `nn.Dense`; tiled or int8 weights as in `TiledDense`)."""
 
     width: int
     dtype: jnp.dtype
@@ -436,69 +436,76 @@ class Head(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        if self.weights == "int8":
-            tiles, scale = _int8_kernel(self, x.shape[-1], self.width)
-            return int8_kernel.matmul(x.astype(jnp.float32), tiles, scale, self.width)
+        if self.weights != "float":
+            tiles, scale = _tiles(self, x.shape[-1], self.width, self.weights)
+            return tiled_matmul.matmul(x.astype(jnp.float32), tiles, scale, self.width)
         init = nn.initializers.lecun_normal()
         kernel = self.param("kernel", init, (x.shape[-1], self.width), self.dtype)
         return _dot_f32(x, kernel, "btd,dv->btv")
 
 
 def _dense(c: ModelConfig):
-    """The projection module of `c`: `nn.Dense` in the model dtype, or `Int8Dense`."""
+    """The projection module of `c`: `nn.Dense` in the model dtype, or `TiledDense`."""
     dt = jnp.dtype(c.dtype)
-    if c.weights == "int8":
-        return functools.partial(Int8Dense, dtype=dt)
+    if c.weights != "float":
+        return functools.partial(TiledDense, dtype=dt, weights=c.weights)
     return functools.partial(nn.Dense, dtype=dt, param_dtype=dt)
 
 
-class Int8Dense(nn.Module):
-    """`x @ W + b` with W [D, F] stored as int8 tiles (`models.int8_kernel`: `kernel`
-    [ceil(F / 64), D, 64] int8 and `kernel_scale` [64 ceil(F / 64)] float32, one scale per
-    output channel, made by `models.quantize`). A call reads one byte per weight."""
+class TiledDense(nn.Module):
+    """`x @ W + b` with W [D, F] stored tiled (`models.tiled_matmul`): `kernel`
+    [ceil(F / 64), D, 64], float32 (`weights='tiled'`) or int8 (`weights='int8'`, with a
+    float32 `kernel_scale` [64 ceil(F / 64)], one scale per output channel); made by
+    `models.quantize`. A call reads each weight once, however many tokens it scores."""
 
     features: int
     use_bias: bool = True
     dtype: jnp.dtype = jnp.float32
+    weights: str = "int8"
 
     @nn.compact
     def __call__(self, x):
-        tiles, scale = _int8_kernel(self, x.shape[-1], self.features)
-        y = int8_kernel.matmul(x.astype(jnp.float32), tiles, scale, self.features)
+        tiles, scale = _tiles(self, x.shape[-1], self.features, self.weights)
+        y = tiled_matmul.matmul(x.astype(jnp.float32), tiles, scale, self.features)
         y = y.astype(self.dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.dtype)
         return y
 
 
-def _int8_kernel(module: nn.Module, inputs: int, features: int):
-    """Declares the int8 `kernel` tiles and their float32 `kernel_scale` (see Int8Dense)."""
-    width = int8_kernel.padded(features)
-    shape = (width // int8_kernel.BLOCK, inputs, int8_kernel.BLOCK)
+def _tiles(module: nn.Module, inputs: int, features: int, weights: str):
+    """Declares the `kernel` tiles (and, for int8, their `kernel_scale`; else None)."""
+    width = tiled_matmul.padded(features)
+    shape = (width // tiled_matmul.BLOCK, inputs, tiled_matmul.BLOCK)
+    if weights == "tiled":
+        return module.param("kernel", nn.initializers.zeros, shape, jnp.float32), None
     tiles = module.param("kernel", nn.initializers.zeros, shape, jnp.int8)
     scale = module.param("kernel_scale", nn.initializers.ones, (width,), jnp.float32)
     return tiles, scale
 
 
-class Int8Embed(nn.Module):
-    """Token embedding E [V, D] stored as the int8 tiles of E^T (the layout of an
-    `Int8Dense` head of width V, `kernel` and `kernel_scale`: one scale per id). A lookup
-    gathers an id's column of its tile; `attend` (a tied output head) is the int8 product,
-    so both uses read one byte per weight."""
+class TiledEmbed(nn.Module):
+    """Token embedding E [V, D] stored as the tiles of E^T (the layout of a `TiledDense`
+    head of width V, so int8 has one scale per id). A lookup gathers an id's column of its
+    tile; `attend` (a tied output head) is the tiled product, so both uses read each weight
+    once."""
 
     num: int
     features: int
     dtype: jnp.dtype
+    weights: str
 
     @nn.compact
     def __call__(self, tokens=None, attend=None):
         """`tokens` [B, T] -> [B, T, D] embeddings, or `attend` [B, T, D] -> [B, T, V]."""
-        tiles, scale = _int8_kernel(self, self.features, self.num)
+        tiles, scale = _tiles(self, self.features, self.num, self.weights)
         if attend is not None:
-            return int8_kernel.matmul(attend.astype(jnp.float32), tiles, scale, self.num)
-        block = int8_kernel.BLOCK
+            return tiled_matmul.matmul(attend.astype(jnp.float32), tiles, scale, self.num)
+        block = tiled_matmul.BLOCK
         rows = tiles[tokens // block, :, tokens % block].astype(jnp.float32)  # [B, T, D]
-        return (rows * scale[tokens][..., None]).astype(self.dtype)
+        if scale is not None:
+            rows = rows * scale[tokens][..., None]
+        return rows.astype(self.dtype)
 
 
 @functools.cache

@@ -87,6 +87,11 @@ def param_specs(params, config: ModelConfig, model: int, vocab_parallel: bool = 
       ValueError: a parameter no rule matches (new weights must get a rule, never be
         replicated silently).
     """
+    if config.weights != "float":
+        raise ValueError(
+            f"tensor-parallel rules cover float weights only, not weights={config.weights!r} "
+            "(tiled and int8 weights are a one-device CPU layout)"
+        )
     table = [(re.compile(rx), spec) for rx, spec in rules(config, model, vocab_parallel)]
 
     def spec_of(path, leaf):

@@ -69,6 +69,12 @@ BAD = [
     (fixed_budget, "auto_draft_cost=-1", "'auto_draft_cost' must be a finite number >= 0"),
     (default, "mesh=2x1", "the data axis must be 1"),
     (default, "mesh=lots", "'mesh' must be '' (one device) or 1xM"),
+    (default, "target_weights=int8", "'target_weights' must be one of 'float', 'tiled'"),
+    (default, "draft_weights=int4", "'draft_weights' must be one of 'float', 'tiled', 'int8'"),
+    (default, "target_weights=tiled,draft_weights=float,dtype=bfloat16",
+     "'target_weights' must be 'float' with dtype='bfloat16' (tiles compute in float32)"),
+    (default, "target_weights=float,draft_weights=int8,mesh=1x2",
+     "'draft_weights' must be 'float' with a mesh"),
     (default, "method=ar+nope:2", "bad method 'nope:2'"),  # then methods and shapes
 ]  # fmt: skip
 

@@ -1,5 +1,5 @@
-"""Int8 draft weights (`models.quantize`, `models.int8_kernel`): the scheme, the CPU kernel
-against plain XLA, the decoder, and exactness of every method with an int8 draft."""
+"""Tiled and int8 weights (`models.quantize`, `models.tiled_matmul`): the scheme, the CPU
+kernel against plain XLA, the decoder, and exactness of every method with an int8 draft."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder, draft_vocab, int8_kernel, quantize, testing
+from models import decoder, draft_vocab, quantize, testing, tiled_matmul
 from models.loading import LoadedModel
 from tests import lawcheck
 from tests.models_draft_vocab_test import V, _counts, _exact_law, _loaded
@@ -39,27 +39,30 @@ def test_tiles_layout():
 
 
 def _kernel_or_skip():
-    if not int8_kernel.cpu_kernel():
+    if not tiled_matmul.cpu_kernel():
         if os.environ.get("CI"):
-            pytest.fail("the int8 CPU kernel must build in CI (x86 with AVX-512 and g++)")
-        pytest.skip("int8 CPU kernel not buildable here (needs x86 AVX-512 and a C++ compiler)")
+            pytest.fail("the tiled CPU kernel must build in CI (x86 with AVX-512 and g++)")
+        pytest.skip("tiled CPU kernel not buildable here (needs x86 AVX-512 and a C++ compiler)")
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("int8", [True, False])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 6, 7, 13])
 @pytest.mark.parametrize("shape", [(7, 64), (33, 200), (128, 1)])
-def test_cpu_kernel_equals_the_xla_product(rows, shape):
-    """Every remainder of the kernel's 4-row passes, widths below, at and past one tile."""
+def test_cpu_kernel_equals_the_xla_product(rows, shape, int8):
+    """Every remainder of the kernel's 6-row passes, widths below, at and past one tile."""
     _kernel_or_skip()
     d, f = shape
     rng = np.random.default_rng(rows * 1000 + d)
-    tiles, scale = map(jnp.asarray, quantize.tiles_of(rng.standard_normal((d, f))))
+    tiles, scale = quantize.tiles_of(rng.standard_normal((d, f)), int8)
+    tiles, scale = jnp.asarray(tiles), None if scale is None else jnp.asarray(scale)
     x = jnp.asarray(rng.standard_normal((2, rows, d)), jnp.float32)
-    got = jax.jit(lambda x, t, s: int8_kernel.matmul(x, t, s, f))(x, tiles, scale)
-    ref = int8_kernel.reference(x, tiles, scale)[..., :f]
+    got = jax.jit(lambda x, t: tiled_matmul.matmul(x, t, scale, f))(x, tiles)
+    ref = tiled_matmul.reference(x, tiles, scale)[..., :f]
     assert got.shape == (2, rows, f)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
-    # and both are the float product of the dequantized matrix
-    w = np.moveaxis(np.asarray(tiles, np.float64), 0, 1).reshape(d, -1) * np.asarray(scale)
+    # and both are the float product of the (dequantized) matrix
+    w = np.moveaxis(np.asarray(tiles, np.float64), 0, 1).reshape(d, -1)
+    w = w if scale is None else w * np.asarray(scale)
     np.testing.assert_allclose(got, np.asarray(x, np.float64) @ w[:, :f], rtol=1e-4, atol=1e-4)
 
 
@@ -72,9 +75,10 @@ def _dequantized(model: LoadedModel, q: LoadedModel) -> LoadedModel:
             if isinstance(value, dict):
                 out[key] = walk(value, qt[key])
             elif key in ("kernel", "embedding"):
-                tiles, scale = np.asarray(qt["kernel"], np.float32), np.asarray(qt["kernel_scale"])
+                tiles = np.asarray(qt["kernel"], np.float32)
                 w = np.moveaxis(tiles, -3, -2).reshape(*tiles.shape[:-3], tiles.shape[-2], -1)
-                w = w * scale[..., None, :]  # [.., D, Fp]
+                if "kernel_scale" in qt:
+                    w = w * np.asarray(qt["kernel_scale"])[..., None, :]  # [.., D, Fp]
                 if key == "embedding":  # stored as E^T [D, V]
                     w = w[:, : value.shape[0]].T
                 else:
@@ -90,15 +94,17 @@ def _dequantized(model: LoadedModel, q: LoadedModel) -> LoadedModel:
 CASES = [("llama", False, False), ("qwen2", False, True), ("qwen2", True, False)]
 
 
+@pytest.mark.parametrize("weights", ["int8", "tiled"])
 @pytest.mark.parametrize("arch,restricted,scan", CASES)
-def test_int8_decoder_is_the_float_decoder_of_the_dequantized_weights(arch, restricted, scan):
+def test_tiled_decoder_is_the_float_decoder_of_its_weights(arch, restricted, scan, weights):
     """Tied (llama) and separate (qwen2) heads, a restricted head, stacked layers: the int8
-    forward equals the float forward of q * scale, and stays close to the original."""
+    forward equals the float forward of q * scale and stays close to the original; the
+    tiled float32 forward equals the original to float rounding."""
     full = _loaded(arch, 0, scan_layers=scan)
     if restricted:
         full = draft_vocab.restrict_head(full, [3, 40, 7, 200])
-    q = quantize.quantize_int8(full)
-    assert q.config.weights == "int8" and q.config.to_json() != full.config.to_json()
+    q = quantize.convert(full, weights)
+    assert q.config.weights == weights and q.config.to_json() != full.config.to_json()
     tokens, lengths = jnp.array([[5, 17, 99, 3, 250]], jnp.int32), jnp.array([5])
     outs = []
     for m in (full, q, _dequantized(full, q)):
@@ -109,7 +115,10 @@ def test_int8_decoder_is_the_float_decoder_of_the_dequantized_weights(arch, rest
     np.testing.assert_allclose(int8[live], dequantized[live], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(int8[~live], np.float32(decoder.MASK_VALUE))
     tv = 0.5 * np.abs(jax.nn.softmax(int8) - jax.nn.softmax(original)).sum()
-    assert 0 < tv < 0.02
+    if weights == "int8":
+        assert 0 < tv < 0.02
+    else:
+        np.testing.assert_allclose(int8[live], original[live], rtol=1e-5, atol=1e-5)
 
 
 def test_quantize_refuses_twice_and_bad_layouts():
@@ -123,6 +132,8 @@ def test_quantize_refuses_twice_and_bad_layouts():
         quantize.quantize_int8(model._replace(params=broken))
     with pytest.raises(ValueError, match="weights"):
         testing.tiny_config("qwen2", weights="int4")
+    with pytest.raises(ValueError, match="float32"):
+        testing.tiny_config("qwen2", weights="tiled", dtype="bfloat16")
 
 
 # Exactness with an int8 draft: the 6-id pair of models_draft_vocab_test, its draft's

@@ -255,7 +255,7 @@ def test_one_device_mesh_with_a_model_without_rules():
 def test_runner_mesh_key(tmp_path):
     """``mesh`` is a common config key; a data axis > 1 is refused before any model loads."""
     arg = "method=rsd_s:2x2,dataset=humaneval,num_prompts=1,max_new_tokens=4"
-    arg += ",progress=false,plots=false,bootstrap=10"
+    arg += ",progress=false,plots=false,bootstrap=10,target_weights=float,draft_weights=float"
     model_source, prompt_source = sources.toy_sources()
 
     def go(mesh, workdir):

@@ -71,7 +71,8 @@ SPECULATIVE_SECTIONS = {
         target="qwen2.5-coder-1.5b",  # preset name or local path (.gguf / safetensors dir)
         draft="qwen2.5-coder-0.5b",
         draft_vocab=0,  # N > 0: the draft scores only its N most frequent ids + specials (exact)
-        draft_weights="float",  # int8: the draft's matrices as int8 (a cheaper call; exact)
+        target_weights="float",  # tiled: float32 in tiles (models.tiled_matmul; same model)
+        draft_weights="float",  # tiled | int8: int8 = a coarser, cheaper draft (still exact)
         dtype="float32",
         scan_layers=False,  # blocks under one scan: faster compiles, slower calls on CPU
         mesh="",  # DATAxMODEL devices, e.g. 1x8 (data 1: one prompt at a time); "" = one device

@@ -2,11 +2,14 @@
 
 Draft Qwen2.5-Coder-0.5B-Instruct -> target Qwen2.5-Coder-1.5B-Instruct (presets), 6 prompts
 (3 HumanEval, 3 ShareGPT chat; ``num_prompts`` is the total, spread round-robin over
-``dataset``), 48 new tokens, the paper's sampling for code and chat (``sampling=paper``:
+``dataset``), 96 new tokens, the paper's sampling for code and chat (``sampling=paper``:
 T=1.0, top-p 0.95), and AR, SD (L=5), MRS and SpecTr (2x3), RSD-C (2-1-1-1) and RSD-S
-(W=2, L=4). The draft scores only its 32,768 most frequent ids (``draft_vocab``; exact for
-every method, see models/draft_vocab.py): each draft call costs r ~ 0.26 of a target call
-instead of 0.32.
+(W=2, L=4). Weights (models/quantize.py): the target's float32 in tiles
+(``target_weights=tiled``: the same model to float rounding; scoring a tree of up to 6
+tokens costs little more than one token on a CPU) and the draft's as int8
+(``draft_weights=int8``: a call costs r ~ 0.15-0.2 of a target call instead of 0.32-0.37;
+a coarser draft law, which every method still verifies exactly). The draft keeps its full
+vocabulary (``draft_vocab=0``).
 Other tasks of the paper: ``dataset=humaneval+chat+summarise+translate+shakespeare``.
 
 Set-up once (models, then data):
@@ -23,8 +26,12 @@ Greedy (T=0: every method must reproduce AR's output exactly):
 
     python -m experiments.run --config=experiments/configs/default.py:sampling=fixed,temperature=0 --workdir=/tmp/rsd_greedy
 
-Keys: see ``common.SPECULATIVE_SECTIONS`` (``method``; ``target``, ``draft``, ``draft_vocab``;
-``dataset``, ``num_prompts`` (total), ``max_new_tokens``; ``sampling`` (``paper`` or
+Like for like with the float weights (e.g. to compare):
+``default.py:target_weights=float,draft_weights=float``; on a mesh or with ``dtype=bfloat16``
+both must be ``float``.
+
+Keys: see ``common.SPECULATIVE_SECTIONS`` (``method``; ``target``, ``draft``, ``draft_vocab``,
+``target_weights``, ``draft_weights``; ``dataset``, ``num_prompts`` (total), ``max_new_tokens``; ``sampling`` (``paper`` or
 ``fixed`` with ``temperature``, ``top_p``), ``seed``; ...). Rerunning the same command resumes.
 """  # noqa: E501
 
@@ -34,8 +41,10 @@ DEFAULTS = dict(
     method="ar+sd:5+mrs:2x3+spectr:2x3+rsd_c:2-1-1-1+rsd_s:2x4",
     dataset="humaneval+chat",
     num_prompts=6,
-    max_new_tokens=48,
-    draft_vocab=32768,
+    max_new_tokens=96,
+    draft_vocab=0,
+    draft_weights="int8",
+    target_weights="tiled",
 )
 
 
