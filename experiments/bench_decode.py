@@ -48,8 +48,11 @@ _DRAFT_WEIGHTS = flags.DEFINE_string(
     "float",
     "'+'-separated draft weight storages to compare (float, tiled, int8: models.quantize).",
 )
-_TARGET_WEIGHTS = flags.DEFINE_enum(
-    "target_weights", "float", ["float", "tiled"], "The target's weights (models.quantize)."
+_TARGET_WEIGHTS = flags.DEFINE_string(
+    "target_weights",
+    "float",
+    "The target's weights (float | tiled, models.quantize); '+'-separated: the methods run "
+    "with the first, the tree cost curve covers each (e.g. tiled+float: before and after).",
 )
 _MAX_NEW = flags.DEFINE_integer("max_new", 48, "Tokens generated per prompt.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0 = greedy).")
@@ -83,7 +86,12 @@ def main(argv):
     t_loaded = loading.load_model(_TARGET.value)
     d_loaded = loading.load_model(_DRAFT.value)
     loading.check_compatible(d_loaded, t_loaded)
-    t_loaded = quantize.convert(t_loaded, _TARGET_WEIGHTS.value)
+    target_weights = _TARGET_WEIGHTS.value.split("+")
+    other_targets = {
+        f"target ({w})": adapter.to_rsd_model(quantize.convert(t_loaded, w))
+        for w in target_weights[1:]
+    }
+    t_loaded = quantize.convert(t_loaded, target_weights[0])
     target = adapter.to_rsd_model(t_loaded)
     drafts = {}  # label of the variant -> model
     for size in (int(v) for v in _DRAFT_VOCAB.value.split("+")):
@@ -182,9 +190,11 @@ def main(argv):
         widths = [int(w) for w in _CURVE.value.split("+")]
         capacity = bucket + _MAX_NEW.value + max(widths) + 2
         prefix = bucket + _MAX_NEW.value // 2
-        models = {"target": target} | {
-            f"draft ({variant or 'full vocab, float'})": d for variant, d in drafts.items()
-        }
+        models = (
+            {"target": target}
+            | other_targets
+            | {f"draft ({variant or 'full vocab, float'})": d for variant, d in drafts.items()}
+        )
         for name, model in models.items():
             curves[name] = round_timing.tree_cost_curve(model, prefix, capacity, widths)
         one = curves["target"][widths[0]]
