@@ -92,14 +92,35 @@ def sbs_level(
     phi_x = parent_phi[:, None] + log_probs
     phi_x = jnp.where(parent_valid[:, None], phi_x, -jnp.inf)
     gumbel = jax.random.gumbel(key, phi_x.shape, dtype=phi_x.dtype)
-    if truncate:
-        safe_parent = jnp.where(parent_valid, parent_score, 0.0)
-        scores = truncated_gumbel_scores(safe_parent, phi_x, gumbel)
-    else:
+    if not truncate:
         scores = jnp.where(jnp.isfinite(phi_x), phi_x + gumbel, -jnp.inf)
+        top, flat_idx = jax.lax.top_k(scores.reshape(-1), width)
+        parent = (flat_idx // v).astype(jnp.int32)
+        token = (flat_idx % v).astype(jnp.int32)
+        valid = jnp.isfinite(top)
+        phi = jnp.where(valid, phi_x.reshape(-1)[flat_idx], -jnp.inf)
+        return BeamLevel(parent=parent, token=token, phi=phi, score=top, valid=valid)
+    # The truncation is increasing in a child's perturbed score and the beam keeps
+    # `width` children in all, so only each parent's top-`width` perturbed children can
+    # be kept: truncate those alone (the vocabulary-wide transcendental pass was the
+    # costliest part of a level). Their maximum is the parent's maximum, so their
+    # truncated scores are exactly those of the whole-vocabulary formula.
+    g_tilde = jnp.where(jnp.isfinite(phi_x), phi_x + gumbel, -jnp.inf)
+    per_parent = min(width, v)
+    _, cand_token = jax.lax.top_k(g_tilde, per_parent)  # [P, k], descending
+    cand_phi = jnp.take_along_axis(phi_x, cand_token, axis=-1)
+    cand_gumbel = jnp.take_along_axis(gumbel, cand_token, axis=-1)
+    safe_parent = jnp.where(parent_valid, parent_score, 0.0)
+    scores = truncated_gumbel_scores(safe_parent, cand_phi, cand_gumbel)
+    # Candidates in (parent, token id) order, so that ties between children resolve as
+    # they would over the whole [P, V] array (towards the lower parent, then the lower id).
+    order = jnp.argsort(cand_token, axis=-1, stable=True)
+    cand_token = jnp.take_along_axis(cand_token, order, axis=-1)
+    cand_phi = jnp.take_along_axis(cand_phi, order, axis=-1)
+    scores = jnp.take_along_axis(scores, order, axis=-1)
     top, flat_idx = jax.lax.top_k(scores.reshape(-1), width)
-    parent = (flat_idx // v).astype(jnp.int32)
-    token = (flat_idx % v).astype(jnp.int32)
+    parent = (flat_idx // per_parent).astype(jnp.int32)
+    token = cand_token.reshape(-1)[flat_idx]
     valid = jnp.isfinite(top)
-    phi = jnp.where(valid, phi_x.reshape(-1)[flat_idx], -jnp.inf)
+    phi = jnp.where(valid, cand_phi.reshape(-1)[flat_idx], -jnp.inf)
     return BeamLevel(parent=parent, token=token, phi=phi, score=top, valid=valid)

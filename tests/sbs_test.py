@@ -8,6 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from rsd_jax import gumbel, sbs
 from tests import lawcheck
@@ -134,3 +135,36 @@ class SbsLevelTest(chex.TestCase):
         out = fn(jax.random.PRNGKey(3), *root, log1[None], 3)
         self.assertTrue(bool(jnp.all(jnp.diff(out.score) <= 0)))
         np.testing.assert_allclose(out.score[0], 0.0, atol=1e-6)  # top child keeps G(root)
+
+
+def _whole_vocabulary_level(key, phi_parent, score, valid, log_probs, width):
+    """The SBS level written directly: truncate every (parent, id) pair, then top-W."""
+    v = log_probs.shape[-1]
+    phi_x = jnp.where(valid[:, None], phi_parent[:, None] + log_probs, -jnp.inf)
+    g = jax.random.gumbel(key, phi_x.shape, dtype=phi_x.dtype)
+    scores = sbs.truncated_gumbel_scores(jnp.where(valid, score, 0.0), phi_x, g)
+    top, idx = jax.lax.top_k(scores.reshape(-1), width)
+    ok = jnp.isfinite(top)
+    return idx // v, idx % v, jnp.where(ok, phi_x.reshape(-1)[idx], -jnp.inf), top, ok
+
+
+@pytest.mark.parametrize("parents,vocab,width", [(1, 7, 3), (2, 5, 4), (3, 4, 12), (4, 300, 4)])
+def test_candidate_truncation_equals_whole_vocabulary(parents, vocab, width):
+    """Truncating only each parent's top-W children gives the very same level."""
+    for seed in range(20):
+        k = jax.random.split(jax.random.PRNGKey(seed), 4)
+        logits = 3 * jax.random.normal(k[0], (parents, vocab))
+        logits = jnp.where(jax.random.bernoulli(k[1], 0.3, logits.shape), -jnp.inf, logits)
+        logits = logits.at[:, 0].set(0.0)  # every row keeps some support
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        phi = -jax.random.exponential(k[2], (parents,))
+        score = phi + jax.random.gumbel(k[3], (parents,))
+        valid = jnp.arange(parents) < max(1, parents - seed % 2)
+        out = sbs.sbs_level(k[3], phi, score, valid, log_p, width)
+        ref = _whole_vocabulary_level(k[3], phi, score, valid, log_p, width)
+        np.testing.assert_array_equal(out.valid, ref[4])
+        ok = np.asarray(ref[4])
+        np.testing.assert_array_equal(np.asarray(out.parent)[ok], np.asarray(ref[0])[ok])
+        np.testing.assert_array_equal(np.asarray(out.token)[ok], np.asarray(ref[1])[ok])
+        np.testing.assert_array_equal(out.phi, ref[2])
+        np.testing.assert_array_equal(out.score, ref[3])
