@@ -16,8 +16,7 @@ per call for up to 6 rows, widening int8 in registers (AVX-512, OpenMP over colu
 on this project's 2-core machine 4-6x faster than XLA's float32 product for an int8 matrix,
 and for float32 as fast at one row and ~1.2x its one-row time at 6 rows where XLA takes
 ~1.5x (docs/speed.md). It is compiled on first use with the system C++ compiler for the
-machine at hand (``-march=native``) and cached under ``$RSD_JAX_CACHE/kernels`` (key:
-source, compiler, jaxlib version, CPU). Where it cannot be built (no compiler, no AVX-512,
+machine at hand and cached (`models.native`). Where it cannot be built (no compiler, no AVX-512,
 not x86) or off the CPU (GPU/TPU, where XLA fuses the conversion into the product), the same
 product runs as an XLA einsum on the tiled layout. ``RSD_JAX_TILED_KERNEL=0`` turns the
 kernel off. Both paths agree to float rounding.
@@ -27,23 +26,18 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import importlib.metadata
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from models import native
+
 BLOCK = 64  # columns per tile
-SOURCE = Path(__file__).with_name("kernels") / "tiled_matmul.cc"
+SOURCE = native.KERNELS / "tiled_matmul.cc"
 _TARGETS = {"int8": "rsd_int8_matmul", "float32": "rsd_f32_matmul"}
-_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w")
 
 
 def padded(features: int) -> int:
@@ -84,12 +78,10 @@ def cpu_kernel() -> bool:
     one warning saying why, when it cannot be built here."""
     if os.environ.get("RSD_JAX_TILED_KERNEL", "1") == "0":
         return False
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    if not _cpu_has_avx512():
+    if not native.x86_cpu() or not {"avx512f", "avx512bw"} <= native.cpu_flags():
         return False
     try:
-        library = ctypes.cdll.LoadLibrary(str(_build()))
+        library = ctypes.cdll.LoadLibrary(str(native.build(SOURCE)))
     except (OSError, subprocess.CalledProcessError, RuntimeError) as e:
         warnings.warn(
             f"tiled CPU kernel not available ({e}); tiled weights run through XLA, which "
@@ -101,49 +93,3 @@ def cpu_kernel() -> bool:
                          (_TARGETS["float32"], library.RsdF32Matmul)):  # fmt: skip
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), "cpu")
     return True
-
-
-def _cpu_has_avx512() -> bool:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return all(f in info.split() for f in ("avx512f", "avx512bw"))
-
-
-def _build() -> Path:
-    """The compiled kernel for this source, compiler, jaxlib and CPU (built if missing)."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not compiler:
-        raise RuntimeError("no C++ compiler (set CXX or install g++)")
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    key = hashlib.sha256()
-    jaxlib = importlib.metadata.version("jaxlib")
-    for part in (SOURCE.read_bytes(), version, jaxlib, " ".join(_FLAGS), _cpu_model()):
-        key.update(part if isinstance(part, bytes) else part.encode())
-    cache = Path(os.environ.get("RSD_JAX_CACHE") or Path.home() / ".cache" / "rsd_jax")
-    path = cache / "kernels" / f"tiled_matmul-{key.hexdigest()[:16]}.so"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        out = Path(tmp) / path.name
-        cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"compiling {SOURCE.name} failed: {done.stderr.strip()[-500:]}")
-        out.replace(path)  # atomic: concurrent builders each install a complete file
-    return path
-
-
-def _cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    first = {}
-    for line in lines:
-        first.setdefault(line.split(":")[0].strip(), line)
-    return f"{first.get('model name', '')}\n{first.get('flags', '')}"
