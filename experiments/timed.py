@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from experiments import sources
+from models import nucleus
 from rsd_jax import decode, transforms
 from rsd_jax import generation as gen
 
@@ -60,6 +61,8 @@ class TimedGenerator:
             valid_vocab_size=bundle.valid_vocab_size,
             eos_id=bundle.eos_id,
             probes=probes,
+            # The top-p kernel is a CPU custom call with no sharding rule: single device only.
+            nucleus=nucleus.threshold if layout is None else None,
         )
         self.draft_params = None if draft is None else draft.params
 

@@ -20,6 +20,7 @@ from rsd_jax.transforms import (
     log_probs_from_logits,
     probs_from_logits,
     safe_log,
+    top_p_threshold,
     vocab_mask,
 )
 from rsd_jax.tree import Tree, TreeSpec, ancestor_mask, beam, branching, chain, iid
@@ -76,6 +77,7 @@ __all__ = [
     "sample_plan",
     "sbs_level",
     "sd_plan",
+    "top_p_threshold",
     "truncated_gumbel_scores",
     "verify_tree",
     "vocab_mask",

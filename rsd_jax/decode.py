@@ -118,6 +118,9 @@ class Engine:
       sbs_truncate: keep True (False only for tests of SBS).
       probes: also compute the exact diagnostics of :mod:`rsd_jax.probes`
         every round (costs two outcome laws per row; off for timing runs).
+      nucleus: optional replacement for :func:`rsd_jax.transforms.top_p_threshold` (same
+        contract, so the same laws), e.g. the CPU kernel ``models.nucleus.threshold``;
+        ``None`` uses the XLA bisection.
     """
 
     method: methods.Method
@@ -128,6 +131,7 @@ class Engine:
     eos_id: int = -1
     sbs_truncate: bool = True
     probes: bool = False
+    nucleus: Callable | None = None
 
     def __post_init__(self):
         if self.method.spec.depth > 0 and self.draft_apply is None:
@@ -146,7 +150,12 @@ class Engine:
         if self.valid_vocab_size is not None:
             banned = transforms.vocab_mask(self.vocab_size, self.valid_vocab_size)
         return transforms.probs_from_logits(
-            logits.astype(jnp.float32), state.temperature, state.top_k, state.top_p, banned
+            logits.astype(jnp.float32),
+            state.temperature,
+            state.top_k,
+            state.top_p,
+            banned,
+            self.nucleus,
         )
 
     def score(self, state, apply, params, cache, tokens, positions, mask, start):

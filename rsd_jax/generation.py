@@ -289,6 +289,7 @@ def generate(
     driver: str = "while",
     probes: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    nucleus=None,
 ) -> Result:
     """Generates from ``target`` with any lossless method, drafting with ``draft``.
 
@@ -314,6 +315,8 @@ def generate(
         ``"data"``, the models by their ``Model.sharding`` rules over ``"model"``.
         Params are placed here; place them once with
         :func:`rsd_jax.sharding.place_model` to avoid a copy per call.
+      nucleus: optional replacement for the top-p threshold (``Engine.nucleus``), e.g.
+        ``models.nucleus.threshold`` on a CPU.
 
     Returns:
       A :class:`Result`.
@@ -335,6 +338,7 @@ def generate(
         valid_vocab_size=valid_vocab_size,
         eos_id=eos_id,
         probes=probes,
+        nucleus=nucleus,
     )
     layout = None
     if mesh is not None:

@@ -36,6 +36,23 @@ class TransformsTest(chex.TestCase, parameterized.TestCase):
         full = jax.nn.softmax(LOGITS[0])
         np.testing.assert_allclose(probs[0, 1] / probs[0, 3], full[1] / full[3], rtol=1e-6)
 
+    def test_top_k_threshold_is_the_kth_largest_with_ties(self):
+        """The bisection's mask equals the sort definition: values >= the k-th largest."""
+        rng = np.random.default_rng(0)
+        rows = [
+            rng.normal(size=300).astype(np.float32) * 5,
+            np.round(rng.normal(size=300) * 3).astype(np.float32),  # many ties
+            np.concatenate([[-np.inf] * 5, rng.normal(size=20) - 40]).astype(np.float32),
+            np.array([0.0, -0.0, 0.0, -1.0, 2.0], np.float32),
+            np.array([-3e38, 3e38, -1.5, 1.5, 0.0], np.float32),  # extremes
+        ]
+        mask = jax.jit(transforms._top_k_mask)
+        for row in rows:
+            for k in (1, 2, 3, 7, len(row) - 1, len(row), len(row) + 3):
+                kth = np.sort(row)[::-1][min(k, len(row)) - 1]
+                np.testing.assert_array_equal(mask(row, k), row >= kth, err_msg=f"k={k}")
+            np.testing.assert_array_equal(mask(row, 0), np.ones(len(row), bool))
+
     @chex.variants(with_jit=True, without_jit=True)
     def test_top_p_keeps_smallest_set_reaching_mass(self):
         fn = self.variant(transforms.probs_from_logits)
