@@ -86,6 +86,18 @@ class ExactEnumerationTest(parameterized.TestCase):
                 self.assertBetween(float(rho), 1.0, float(k))
                 self.assertAlmostEqual(float(1 - (1 - beta) ** k), float(rho * beta), delta=1e-12)
 
+    def test_kseq_rho_float32_default_steps_are_the_full_bisection(self):
+        """40 float32 steps end where 80 do: the bracket has stopped moving."""
+        rho = jax.jit(verify.kseq_rho, static_argnames="iters")
+        for seed in range(30):
+            kq, kp = jax.random.split(jax.random.PRNGKey(seed))
+            q = jax.nn.softmax(3 * jax.random.normal(kq, (500,)))
+            p = jax.nn.softmax(3 * jax.random.normal(kp, (500,)))
+            for k in (2, 4, 7, 16):
+                short = rho(q, p, k)
+                self.assertEqual(float(short), float(rho(q, p, k, iters=80)))
+                self.assertNotEqual(float(short), float(rho(q, p, k, iters=10)))
+
     @parameterized.parameters(
         (broken.RRS_RAW_P, 2),
         (broken.RRS_RAW_P, 3),
