@@ -81,7 +81,7 @@ def _print_table(header, rows):
 
 def main(argv):
     del argv
-    from models import adapter, draft_vocab, loading, quantize
+    from models import adapter, draft_vocab, loading, nucleus, quantize
 
     t_loaded = loading.load_model(_TARGET.value)
     d_loaded = loading.load_model(_DRAFT.value)
@@ -124,7 +124,7 @@ def main(argv):
         return gen.generate(
             target, None if variant is None else drafts[variant], [prompt], method,
             key=jax.random.PRNGKey(0), max_new_tokens=_MAX_NEW.value, sampling=sampling,
-            eos_id=eos, valid_vocab_size=valid, bucket=bucket,
+            eos_id=eos, valid_vocab_size=valid, bucket=bucket, nucleus=nucleus.threshold,
         )  # fmt: skip
 
     # Compile and warm up everything first, then time in interleaved passes
@@ -159,13 +159,13 @@ def main(argv):
         if _BREAKDOWN.value:
             engine = decode.Engine(
                 method, target.apply, None if variant is None else drafts[variant].apply,
-                target.vocab_size, valid, eos,
+                target.vocab_size, valid, eos, nucleus=nucleus.threshold,
             )  # fmt: skip
             d = None if variant is None else drafts[variant]
             row["round"] = round_timing.round_breakdown(
                 engine, target, d, prompts[0], _MAX_NEW.value, sampling
             )
-            row["outside_forward_fraction"] = 1 - row["round"]["forwards"] / row["round"]["step"]
+            row["outside_forward_fraction"] = row["round"]["outside_forwards"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     ar = next((r for r in rows if r["method"].startswith("AR")), None)
@@ -180,9 +180,11 @@ def main(argv):
     )  # fmt: skip
     if _BREAKDOWN.value:
         _print_table(
-            ["method (ms per round)", "step", *round_timing.PHASES, "outside forwards"],
+            ["method (ms per round)", "step", *round_timing.PHASES, "step, free models",
+             "outside forwards"],
             [[r["method"], f"{1e3 * r['round']['step']:.1f}",
               *(f"{1e3 * r['round'][p]:.1f}" for p in round_timing.PHASES),
+              f"{1e3 * r['round']['overhead']:.1f}",
               f"{100 * r['outside_forward_fraction']:.1f}%"] for r in rows],
         )  # fmt: skip
     curves = {}

@@ -10,15 +10,24 @@ run. Times are medians of `repeats` calls after a warm-up call. The phases:
   bookkeeping), i.e. the jitted draft phase minus its forwards and its transforms;
 - ``target_forward``: the target's one call over root + all nodes;
 - ``transforms``: logits -> sampling law (temperature, top-p, padding mask) for every
-  scored position of the round, draft and target;
+  scored position of the round, draft and target (timed on the target's logits along the
+  prompt: the top-p threshold's cost depends on the law);
 - ``verify``: the method's tree verifier;
 - ``commit``: moving the accepted KV entries and appending the emitted tokens;
 - ``rest``: the jitted whole step minus all of the above (what fusion across phases saves
   shows up here as a negative number).
+
+The phases are timed apart, so their sum carries the noise of each forward timed alone (on
+this project's CPU +-20 ms on a 150 ms call). The share of a round spent outside the model
+calls is therefore measured directly: ``overhead`` is the whole jitted step with both
+models replaced by a free lookup of real logits (everything else unchanged: drafting,
+transforms, verification, commit, on the real caches), timed interleaved with the real
+``step``; ``outside_forwards = overhead / step``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -77,6 +86,29 @@ def tree_cost_curve(model, prefix: int, capacity: int, widths, repeats: int = 5)
     return {t: float(np.median(v)) for t, v in times.items()}
 
 
+def interleaved_medians(calls: dict, repeats: int) -> dict:
+    """Median seconds of each ``fn(*args)`` in ``calls`` (name -> (fn, args)), round-robin."""
+    for fn, args in calls.values():
+        jax.block_until_ready(fn(*args))
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, (fn, args) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def _logits_lookup(table, tokens, positions, mask, cache):
+    """A model call that costs nothing: rows of ``table`` ``[1, n, V]`` (cycled) as the
+    logits of every token; the cache comes back as it went in."""
+    del positions, mask
+    t, n = tokens.shape[1], table.shape[1]
+    # A static slice (no gather, no copy) when the table has enough rows.
+    rows = table[0, :t] if t <= n else jnp.concatenate([table[0]] * -(-t // n))[:t]
+    return jnp.broadcast_to(rows, tokens.shape + table.shape[-1:]), cache
+
+
 def _forward_seconds(model, width: int, capacity: int, repeats: int) -> float:
     fwd = jax.jit(model.apply)
     cache = model.init_cache(1, capacity)
@@ -90,8 +122,9 @@ def round_breakdown(
 ) -> dict:
     """Seconds per phase of one round of ``engine`` (batch 1), see the module docstring.
 
-    Also returns ``step`` (the whole jitted step) and ``forwards`` (the sum of the model
-    calls), so that ``rest`` and the overhead fraction can be read off.
+    Also returns ``step`` (the whole jitted step), ``forwards`` (the sum of the model calls
+    timed alone), ``overhead`` (the step with free model calls) and ``outside_forwards``
+    (``overhead / step``).
     """
     spec = engine.method.spec
     padded, lengths = gen.pad_prompts([prompt])
@@ -104,7 +137,7 @@ def round_breakdown(
     capacity = kv_cache.capacity(state.target_cache)
     k_draft = jax.random.split(jax.random.PRNGKey(1), 1)
     k_verify = jax.random.split(jax.random.PRNGKey(2), 1)
-    out = {"step": median_seconds(step, state, tp, dp, repeats=repeats)}
+    out = {}
 
     draft_phase = jax.jit(engine.draft)
     tree, draft_probs, draft_cache, _ = draft_phase(state, dp, k_draft)
@@ -114,11 +147,35 @@ def round_breakdown(
     res = verify(k_verify, tree, target_probs, draft_probs)
     commit = jax.jit(engine.commit)
     probs = jax.jit(engine.probs)
-    vocab = engine.vocab_size
+
+    # The transforms' cost depends on the law (the top-p threshold's work does): time them
+    # on the target's real next-token logits along the prompt, cycled to the width needed.
+    n = len(prompt)
+    text_logits, _ = jax.jit(target.apply)(
+        target.params,
+        jnp.asarray(prompt, jnp.int32)[None],
+        jnp.arange(n, dtype=jnp.int32)[None],
+        kv_cache.causal_prefix_mask(jnp.zeros((1,), jnp.int32), n, n),
+        target.init_cache(1, n),
+    )
 
     def transform_seconds(width):
-        logits = jnp.zeros((1, width, vocab), jnp.float32).at[..., 3].set(2.0)
+        logits = text_logits[:, jnp.arange(width) % n].astype(jnp.float32)
         return median_seconds(probs, state, logits, repeats=repeats)
+
+    # The round without its model calls, measured directly: the same step with both models
+    # replaced by a lookup of those logits (caches pass through), timed interleaved with
+    # the real step so that background load falls on both alike.
+    hollow = dataclasses.replace(
+        engine,
+        target_apply=_logits_lookup,
+        draft_apply=None if engine.draft_apply is None else _logits_lookup,
+    )
+    reps = -(-(spec.num_nodes + 2) // n)  # enough rows for any call of the round
+    table = jnp.concatenate([text_logits.astype(jnp.float32)] * reps, axis=1)
+    free = jax.jit(hollow.step)
+    calls = {"step": (step, (state, tp, dp)), "overhead": (free, (state, table, table))}
+    out.update(interleaved_medians(calls, repeats))
 
     out["target_forward"] = _forward_seconds(target, spec.num_nodes + 1, capacity, repeats)
     out["transforms"] = transform_seconds(spec.num_nodes + 1)
@@ -136,4 +193,5 @@ def round_breakdown(
     out["commit"] = median_seconds(commit, state, res, target_cache, draft_cache)
     out["forwards"] = out["draft_forwards"] + out["target_forward"]
     out["rest"] = out["step"] - sum(out[p] for p in PHASES if p != "rest")
+    out["outside_forwards"] = out["overhead"] / out["step"]
     return out
