@@ -73,41 +73,44 @@ from rsd_jax import generation as gen
 from rsd_jax import methods as methods_lib
 from rsd_jax import transforms
 
-_TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or local path.")
-_DRAFT = flags.DEFINE_string("draft", "qwen2.5-coder-0.5b", "Draft preset or local path.")
-_METHODS = flags.DEFINE_string(
-    "methods", "sd:4+sd:5+rsd_s:2x3+rsd_c:2-1-1", "'+'-separated methods of ours (AR is added)."
-)
-_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "HumanEval prompts.")
-_SEED = flags.DEFINE_integer("seed", 0, "Prompt selection seed; sampling seeds derive from it.")
-_MAX_PROMPT_TOKENS = flags.DEFINE_integer("max_prompt_tokens", 512, "Prompt truncation.")
-_MAX_NEW = flags.DEFINE_integer("max_new", 48, "Token budget per prompt.")
-_TEMPERATURES = flags.DEFINE_string("temperatures", "0+1", "'+'-separated temperatures.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Interleaved timed passes (best kept).")
-_OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
-_DRAFT_VOCAB = flags.DEFINE_integer(
-    "draft_vocab",
-    0,
-    "Our draft's head: its N most frequent ids (0 = full; see "
-    "models.draft_vocab). transformers' assistant always scores the full vocabulary.",
-)
-_DRAFT_WEIGHTS = flags.DEFINE_enum(
-    "draft_weights",
-    "int8",
-    ["float", "tiled", "int8"],
-    "Our draft's weights (int8: models.quantize, a cheaper call; exact either way). "
-    "transformers' assistant runs the float32 weights.",
-)
-_TARGET_WEIGHTS = flags.DEFINE_enum(
-    "target_weights",
-    "tiled",
-    ["float", "tiled"],
-    "Our target's weights (tiled: float32 tiles for models.tiled_matmul, the same model to "
-    "float rounding). transformers runs the same float32 weights.",
-)
-_TORCH_THREADS = flags.DEFINE_integer(
-    "torch_threads", None, "torch.set_num_threads (default: os.cpu_count())."
-)
+# The flags exist only when this module runs as a program: tests import it beside other
+# modules (experiments.ot_gap) that define flags of the same names at import.
+if __name__ == "__main__":
+    _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or local path.")
+    _DRAFT = flags.DEFINE_string("draft", "qwen2.5-coder-0.5b", "Draft preset or local path.")
+    _METHODS = flags.DEFINE_string(
+        "methods", "sd:4+sd:5+rsd_s:2x3+rsd_c:2-1-1", "'+'-separated methods of ours (AR is added)."
+    )
+    _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 4, "HumanEval prompts.")
+    _SEED = flags.DEFINE_integer("seed", 0, "Prompt selection seed; sampling seeds derive from it.")
+    _MAX_PROMPT_TOKENS = flags.DEFINE_integer("max_prompt_tokens", 512, "Prompt truncation.")
+    _MAX_NEW = flags.DEFINE_integer("max_new", 48, "Token budget per prompt.")
+    _TEMPERATURES = flags.DEFINE_string("temperatures", "0+1", "'+'-separated temperatures.")
+    _REPEATS = flags.DEFINE_integer("repeats", 2, "Interleaved timed passes (best kept).")
+    _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
+    _DRAFT_VOCAB = flags.DEFINE_integer(
+        "draft_vocab",
+        0,
+        "Our draft's head: its N most frequent ids (0 = full; see "
+        "models.draft_vocab). transformers' assistant always scores the full vocabulary.",
+    )
+    _DRAFT_WEIGHTS = flags.DEFINE_enum(
+        "draft_weights",
+        "int8",
+        ["float", "tiled", "int8"],
+        "Our draft's weights (int8: models.quantize, a cheaper call; exact either way). "
+        "transformers' assistant runs the float32 weights.",
+    )
+    _TARGET_WEIGHTS = flags.DEFINE_enum(
+        "target_weights",
+        "tiled",
+        ["float", "tiled"],
+        "Our target's weights (tiled: float32 tiles for models.tiled_matmul, the same model to "
+        "float rounding). transformers runs the same float32 weights.",
+    )
+    _TORCH_THREADS = flags.DEFINE_integer(
+        "torch_threads", None, "torch.set_num_threads (default: os.cpu_count())."
+    )
 
 HF_PLAIN = "HF plain"
 HF_DEFAULT = "HF assisted (defaults)"
