@@ -129,6 +129,7 @@ def verify_tree(
         jnp.zeros((), jnp.int32),
         jnp.zeros((), jnp.bool_),
     )
+
     # Steps after the walk stops change nothing, so the loop ends there: each step costs a
     # node plan and a residual draw over the vocabulary (on a CPU ~1.5 ms at V = 152k).
     def more(state):
