@@ -56,6 +56,8 @@ MODULES = (
     "models.draft_vocab",
     "models.quantize",
     "models.tiled_matmul",
+    "models.nucleus",
+    "models.native",
     "models.student",
     "models.sharding",
     "models.errors",
