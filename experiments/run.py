@@ -1,17 +1,22 @@
 """Entry point: ``python -m experiments.run --config=experiments/configs/NAME.py[:k=v,...]``.
 
-The only I/O layer: flags, files, clocks and printing live here and in the
-job modules it dispatches to (by ``config.job``).
+The config's ``job`` names the package that runs it (:data:`JOBS`): each has a
+``settings.from_config`` that checks every key and returns the job's typed settings, and a
+``job.run`` that takes them. Flags, files, clocks and printing live here and in those
+packages. A bad config, a bad workdir or missing data end in one line, no traceback.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import strict_json
+from experiments.common import strict_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config .py file[:k=v,...].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results (optional for demos).")
@@ -22,14 +27,12 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "the compiled steps (minutes per shape on CPU) instead of recompiling. '' disables.",
 )
 
-JOBS = ("toy_demo", "speculative", "distill")
-# Jobs that write a workdir: what it holds (for the usage error), and their module, whose
-# run(config, workdir) does the job and which defines WorkdirBusyError.
-WORKDIR_JOBS = {
-    "speculative": "results, resumable",
-    "distill": "checkpoints, the draft",
+# job -> (its package under experiments/, what its --workdir holds; None: no workdir needed)
+JOBS = {
+    "speculative": ("speculative", "results, resumable"),
+    "distill": ("distill", "checkpoints, the draft"),
+    "toy_demo": ("toy_demo", None),
 }
-JOB_MODULES = {"speculative": "runner", "distill": "distill"}
 
 
 def enable_compile_cache(path: str, min_compile_seconds: float = 1.0) -> str | None:
@@ -50,54 +53,80 @@ def enable_compile_cache(path: str, min_compile_seconds: float = 1.0) -> str | N
     return path
 
 
+def config_error(argv: list[str]) -> str | None:
+    """The one-line error of the ``--config=PATH[:k=v,...]`` in ``argv``, or None.
+
+    Building the config runs the config module's ``get_config`` (unknown, renamed or
+    mistyped keys raise ``ValueError`` there); absl would report that wrapped in a
+    traceback, so it is built here first, before absl parses the flags.
+    """
+    text = None
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            text = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            text = argv[i + 1]
+    if text is None:
+        return None
+    path, _, arg = text.partition(":")
+    if not os.path.isfile(path):
+        return f"--config: no config file {path!r}"
+    spec = importlib.util.spec_from_file_location("_rsd_jax_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        module.get_config(arg or None)
+    except ValueError as e:
+        return f"--config: {e}"
+    return None
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=experiments/configs/toy_demo.py")
     if config.job not in JOBS:
-        raise app.UsageError(f"unknown job {config.job!r}; known jobs: {JOBS}")
+        raise app.UsageError(f"unknown job {config.job!r}; known jobs: {sorted(JOBS)}")
+    package, needs = JOBS[config.job]
+    if needs and not _WORKDIR.value:
+        raise app.UsageError(f"the {config.job} job needs --workdir=DIR ({needs})")
+    from experiments.common.checks import ConfigError
+
+    settings_lib = importlib.import_module(f"experiments.{package}.settings")
+    try:
+        settings = settings_lib.from_config(config)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     enable_compile_cache(_COMPILE_CACHE.value)
-    if config.job in WORKDIR_JOBS:
-        needs = WORKDIR_JOBS[config.job]
-        if not _WORKDIR.value:
-            raise app.UsageError(f"the {config.job} job needs --workdir=DIR ({needs})")
-        _run_workdir_job(config, _WORKDIR.value)
+    job = importlib.import_module(f"experiments.{package}.job")
+    if config.job == "toy_demo":
+        rows = job.run(settings)
+        print(job.format_table(rows, settings.rounds))
+        if _WORKDIR.value:
+            save_toy_summary(_WORKDIR.value, settings, rows)
         return
-    from experiments import toy_demo, validate
+    from experiments.common.records import WorkdirBusyError
+    from experiments.data.datasets import DatasetMissingError
 
     try:
-        validate.validate(config)  # toy_demo.run checks too; here it ends in one line
-    except validate.ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
-    rows = toy_demo.run(config)
-    print(toy_demo.format_table(rows, config.rounds))
-    if _WORKDIR.value:
-        save_toy_summary(_WORKDIR.value, config, rows)
-
-
-def _run_workdir_job(config, workdir: str) -> None:
-    """Runs a job that writes a workdir; its expected failures end in one line."""
-    import importlib
-
-    from experiments.datasets import DatasetMissingError
-
-    module = importlib.import_module(f"experiments.{JOB_MODULES[config.job]}")
-    try:
-        module.run(config, workdir)
-    except (ValueError, DatasetMissingError, module.WorkdirBusyError) as e:
-        # bad config, incompatible or busy workdir, damaged results, missing data
+        job.run(settings, _WORKDIR.value)
+    except (ValueError, DatasetMissingError, WorkdirBusyError) as e:
+        # incompatible or busy workdir, damaged results, missing data, a mesh too large
         raise SystemExit(f"error: {e}") from None
 
 
-def save_toy_summary(workdir: str, config, rows: list[dict]) -> str:
+def save_toy_summary(workdir: str, settings, rows: list[dict]) -> str:
     """Writes the toy demo's ``summary.json`` (standard JSON: AR's TV is ``null``)."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "summary.json")
     with open(path, "w") as f:
-        strict_json.dump({"config": config.to_dict(), "rows": rows}, f, indent=2)
+        strict_json.dump({"config": dict(settings.recorded), "rows": rows}, f, indent=2)
     return path
 
 
 if __name__ == "__main__":
+    problem = config_error(sys.argv[1:])
+    if problem:
+        sys.exit(f"error: {problem}")
     app.run(main)

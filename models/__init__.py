@@ -1,12 +1,21 @@
-"""Models: configs, a Flax decoder (llama and its variants) with a KV cache, loaders, tokenizers.
+"""Models: a Flax decoder (llama and its variants) with a KV cache, its loaders and kernels.
 
-The public entry points are re-exported here; see each module for details. Presets are
-prepared with `python -m models.prepare NAME ...` (models/prepare.py; in Python:
-`models.presets.prepare(name)`, or simply `load_model(name)`, which prepares on demand).
+- `models.arch`: the networks (`ModelConfig`, the decoder and its blocks, weight layouts,
+  a restricted draft head, tensor-parallel rules);
+- `models.loading`: files to models (presets, GGUF, HF directories, tokenizers, exported
+  drafts);
+- `models.kernels`: the native CPU kernels (tiled / int8 products, the top-p threshold);
+- `models.drafts`: small drafts (pruned, from scratch) and the ids a restricted head keeps;
+- `models.adapter`: a loaded model behind `rsd_jax.Model`; `models.toy` / `models.testing`:
+  n-gram models with known conditionals and tiny decoders for tests.
+
+The public entry points are re-exported here. Presets are prepared with
+`python -m models.prepare NAME ...` (in Python: `models.loading.presets.prepare(name)`, or
+simply `load_model(name)`, which prepares on demand).
 """
 
-from models.config import ModelConfig
-from models.decoder import (
+from models.arch.config import ModelConfig
+from models.arch.decoder import (
     KVCache,
     causal_mask,
     check_capacity,
@@ -23,8 +32,30 @@ from models.errors import (
     PromptTooLongError,
     UnknownArchitectureError,
 )
-from models.loading import LoadedModel, check_compatible, load_model, load_model_info
-from models.presets import PRESETS
+from models.loaded import LoadedModel
+from models.loading import check_compatible, load_model, load_model_info
+from models.loading.presets import PRESETS
+from models.moved import install as _install_moved
+
+# Modules of the flat layout, before arch/, loading/ and kernels/ (2026-12).
+_install_moved(
+    {
+        "models.config": "models.arch.config (ModelConfig; readers: models.loading.families)",
+        "models.decoder": "models.arch.decoder",
+        "models.sharding": "models.arch.sharding",
+        "models.quantize": "models.arch.quantize",
+        "models.draft_vocab": "models.arch.head (restrict_head) and models.drafts (ids)",
+        "models.student": "models.drafts (prune, scratch), models.loading.draft_dir (export)",
+        "models.gguf_loader": "models.loading.gguf_loader",
+        "models.hf_loader": "models.loading.hf_loader",
+        "models.tokenizer": "models.loading.tokenizer",
+        "models.presets": "models.loading.presets",
+        "models.registry": "models.loading.registry",
+        "models.native": "models.kernels.native",
+        "models.tiled_matmul": "models.kernels.tiled_matmul",
+        "models.nucleus": "models.kernels.nucleus",
+    }
+)
 
 __all__ = [
     "PRESETS",

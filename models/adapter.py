@@ -6,7 +6,7 @@ import functools
 
 import jax.numpy as jnp
 
-from models import decoder, sharding
+from models.arch import decoder, sharding
 from rsd_jax.interface import Model
 
 
@@ -38,7 +38,7 @@ def to_rsd_model(model, vocab_size: int | None = None):
     Returns:
       rsd_jax.Model(apply, params, init_cache(batch, capacity), vocab_size,
       sharding, max_positions), `sharding` being the tensor-parallel rules of
-      `models.sharding` and `max_positions` the trained context (0 when unknown).
+      `models.arch.sharding` and `max_positions` the trained context (0 when unknown).
     """
     config = model.config
     width = vocab_size or config.vocab_size

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models import decoder, presets
-from models.loading import load_model
+from models.arch import decoder
+from models.loading import load_model, presets
 
 # llama.cpp on this 2-core CPU (docs/results.md): (generation tok/s, prompt evaluation tok/s).
 LLAMA_CPP = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from models import presets
+from models.loading import presets
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
             parser.error(f"unknown preset {name!r}; known: {', '.join(presets.PRESETS)}")
     for name in names:
         if args.force:  # everything derived from the file is rebuilt too
-            from models.gguf_loader import remove_conversions
+            from models.loading.gguf_loader import remove_conversions
 
             for f in remove_conversions(presets.get_preset(name).sha256):
                 print(f"removed {f}", file=sys.stderr)
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
             print(f"note: {preset.notice}", file=sys.stderr)  # prepare() says it on download
         path = presets.prepare(name, force=args.force)
         if args.convert:
-            from models.gguf_loader import load_gguf
+            from models.loading.gguf_loader import load_gguf
 
             load_gguf(path)
         print(path)

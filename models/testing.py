@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from models import toy
-from models.config import ModelConfig
-from models.gguf_loader import build_params, per_layer_tensors
+from models.arch.config import ModelConfig
+from models.loading.gguf_loader import build_params, per_layer_tensors
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 MERGES = ("Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r")
@@ -38,7 +38,7 @@ def toy_pair(seed: int = 0, vocab: int = 4, order: int = 3, alpha: float = 0.6,
     """The tests' toy draft/target pair (:func:`models.toy.random_pair` from ``seed``).
 
     Returns:
-      ``(target, draft, target_table)``: two ``rsd_jax.generate.Model`` s over order-
+      ``(target, draft, target_table)``: two ``rsd_jax.Model`` s over order-
       ``order`` n-gram tables of ``vocab`` ids, and the target's float64 table, whose exact
       conditionals the tests compare against.
     """
@@ -172,7 +172,7 @@ def write_tiny_gguf(
 
 def write_tiny_tokenizer_files(directory: str | os.PathLike, chat_template: str) -> None:
     """Writes tokenizer.json / tokenizer_config.json for `tiny_vocab()` into `directory`."""
-    from models.tokenizer import build_byte_level_bpe
+    from models.loading.tokenizer import build_byte_level_bpe
 
     tokens, types, merges = tiny_vocab()
     backend = build_byte_level_bpe(tokens, merges, "smollm")

@@ -119,7 +119,7 @@ class Engine:
       probes: also compute the exact diagnostics of :mod:`rsd_jax.probes`
         every round (costs two outcome laws per row; off for timing runs).
       nucleus: optional replacement for :func:`rsd_jax.transforms.top_p_threshold` (same
-        contract, so the same laws), e.g. the CPU kernel ``models.nucleus.threshold``;
+        contract, so the same laws), e.g. the CPU kernel ``models.kernels.nucleus.threshold``;
         ``None`` uses the XLA bisection.
     """
 

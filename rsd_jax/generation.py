@@ -316,7 +316,7 @@ def generate(
         Params are placed here; place them once with
         :func:`rsd_jax.sharding.place_model` to avoid a copy per call.
       nucleus: optional replacement for the top-p threshold (``Engine.nucleus``), e.g.
-        ``models.nucleus.threshold`` on a CPU.
+        ``models.kernels.nucleus.threshold`` on a CPU.
 
     Returns:
       A :class:`Result`.

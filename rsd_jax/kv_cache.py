@@ -1,7 +1,7 @@
 """Model-agnostic KV-cache operations the decoding engine needs.
 
 The caches follow the protocol of :mod:`rsd_jax.interface` (``index`` plus arrays laid
-out ``[L, B, S, ...]``); ``models.decoder.KVCache`` and the toy models' caches do.
+out ``[L, B, S, ...]``); ``models.arch.decoder.KVCache`` and the toy models' caches do.
 
 Committing the accepted path is a gather + write: the entries of the accepted
 nodes move to contiguous slots right after the prefix. Stale slots need no
@@ -97,7 +97,7 @@ def causal_prefix_mask(start: Array, num: int, capacity_: int) -> Array:
 def prefill(apply, params, tokens: Array, cache, lengths: Array | None = None):
     """Writes ``tokens`` ``[B, T]`` from each row's ``cache.index`` under a causal mask.
 
-    The one prefill of the package: the engine's, ``models.decoder.prefill`` and the
+    The one prefill of the package: the engine's, ``models.arch.decoder.prefill`` and the
     experiments' whole-prompt scoring call it.
 
     Args:

@@ -17,7 +17,7 @@ acceptance by enumerating the ordered draws and calling the real plans of
 acceptance`` is exact up to float64 rounding.
 
 Numpy, float64, not jitted: an analysis tool for small vocabularies (real models
-are first restricted to their top tokens, see ``experiments/ot_gap.py``).
+are first restricted to their top tokens, see ``experiments/bench/ot_gap.py``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ A 2-D mesh with axes ``("data", "model")``:
 - ``"model"`` is tensor parallelism inside the models. ``rsd_jax`` is
   model-agnostic, so the partition of a model's parameters and of the trailing
   axes of its cache comes from the model (``Model.sharding``, a callable
-  ``(params, mesh) -> ModelSharding``; ``models.sharding`` has the rules for the
+  ``(params, mesh) -> ModelSharding``; ``models.arch.sharding`` has the rules for the
   Flax decoder). A model without rules is replicated over ``"model"``.
 
 Nothing here communicates by hand. The parameters and the state are placed with

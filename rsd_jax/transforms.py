@@ -126,7 +126,7 @@ def top_p_threshold(probs: Array, top_p) -> Array:
     large vocabulary (and, measured on a 2-core CPU over 15 rows of 152k ids, cheaper than
     ``lax.top_k`` with k = 256 plus a bisection for the rows whose nucleus is wider). Any
     function with this contract may replace it (:func:`probs_from_logits`'s ``nucleus``),
-    e.g. the CPU kernel of ``models.nucleus``.
+    e.g. the CPU kernel of ``models.kernels.nucleus``.
     """
     p32 = probs.astype(jnp.float32)
     bits = jax.lax.bitcast_convert_type(p32, jnp.int32)

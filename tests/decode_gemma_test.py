@@ -1,6 +1,6 @@
 """The engine on Gemma 3 270M (gemma3 GGUF): greedy equality of every method with AR.
 
-The draft is the target truncated to some of its blocks (`models.student.prune`, keeping
+The draft is the target truncated to some of its blocks (`models.drafts.prune`, keeping
 local and global layers, so the draft mixes windows and RoPE bases like the target); its
 embedding, final norm and head are the target's. Gemma 3 is the family with local / global
 layers, QK-norm and post-norms, so this runs the tree attention, cache commits and the
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from models import adapter, loading, student
+from models import adapter, drafts, loading
 from rsd_jax import generation as gen
 from rsd_jax import metrics, transforms
 
@@ -30,7 +30,7 @@ TEXTS = ["The capital of France is", "def fibonacci(n):\n    "]
 def test_greedy_equality_every_method_on_gemma3():
     loaded = loading.load_model("gemma3-270m")
     target = adapter.to_rsd_model(loaded)
-    draft_model = student.prune(loaded, KEEP)
+    draft_model = drafts.prune(loaded, KEEP)
     assert draft_model.config.layer_types.count("full_attention") == 3
     draft = adapter.to_rsd_model(draft_model)
     tok = loaded.tokenizer

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from experiments import api_docs
+from experiments.tools import api_docs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -35,8 +35,15 @@ def _modules_with_main() -> set[str]:
     for package in ("experiments", "models"):
         for path in (ROOT / package).rglob("*.py"):
             if _MAIN.search(path.read_text()):
-                found.add(".".join(path.relative_to(ROOT).with_suffix("").parts))
+                parts = path.relative_to(ROOT).with_suffix("").parts
+                found.add(".".join(parts[:-1] if parts[-1] == "__main__" else parts))
     return found
+
+
+def _source(module: str) -> str:
+    """The code ``python -m module`` runs (a package runs its ``__main__.py``)."""
+    path = ROOT / pathlib.Path(*module.split("."))
+    return (path / "__main__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
 
 
 def _slug(heading: str) -> str:
@@ -67,7 +74,7 @@ def _run_module(module: str, flag: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("module", _readme_entry_points())
 def test_entry_point_answers_help(module):
     run = _run_module(module, "--help")
-    source = (ROOT / pathlib.Path(*module.split("."))).with_suffix(".py").read_text()
+    source = _source(module)
     out = run.stdout + run.stderr
     if "app.run(" in source:
         # absl prints the usage and its flags, then exits 1 by design; --only_check_args
@@ -103,14 +110,14 @@ def test_readme_python_example_runs(capsys):
 
 def test_api_reference_is_up_to_date():
     assert api_docs.OUTPUT.read_text() == api_docs.render(), (
-        "docs/api.md is stale: run python -m experiments.api_docs"
+        "docs/api.md is stale: run python -m experiments.tools.api_docs"
     )
 
 
 def test_api_reference_covers_every_core_module():
     core = {f"rsd_jax.{p.stem}" for p in (ROOT / "rsd_jax").glob("*.py") if p.stem != "__init__"}
     missing = sorted(core - set(api_docs.MODULES))
-    assert not missing, f"add to experiments/api_docs.py MODULES: {missing}"
+    assert not missing, f"add to experiments/tools/api_docs.py MODULES: {missing}"
 
 
 def test_no_reference_to_files_outside_the_repository():

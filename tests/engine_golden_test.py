@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import adapter, decoder, testing
+from models import adapter, testing
+from models.arch import decoder
 from rsd_jax import generation as gen
 from rsd_jax import transforms
 

@@ -1,4 +1,4 @@
-"""experiments.bench_peer: our decoding vs transformers on the same weights.
+"""experiments.bench.peer: our decoding vs transformers on the same weights.
 
 Needs the optional extra (`pip install -e ".[peer]"`: torch, transformers, accelerate);
 skipped without it. The fast test builds a tiny random Llama with transformers, saves it
@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from experiments import bench_peer  # noqa: E402
+from experiments.bench import peer as bench_peer  # noqa: E402
 
 PROMPT = [3, 17, 42, 9, 100, 5, 77, 8]
 MAX_NEW = 8

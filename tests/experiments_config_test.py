@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import run, toy_demo
+from experiments import run
+from experiments.common.checks import ConfigError
 from experiments.configs import common
 from experiments.configs import toy_demo as toy_demo_config
+from experiments.speculative import settings as spec_settings
+from experiments.toy_demo import job as toy_demo
+from experiments.toy_demo import settings as toy_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +53,7 @@ def test_toy_demo_runs_and_is_lossless_at_noise_level():
     config = toy_demo_config.get_config(
         "rounds=4000,methods=sd:2+rsd_s:2x2+spectr:2x2+rsd_c:2-1/tv"
     )
-    rows = toy_demo.run(config)
+    rows = toy_demo.run(toy_settings.from_config(config))
     assert [r["method"] for r in rows] == ["AR", "SD", "RSD-S", "SpecTr", "RSD-C/TV"]
     for r in rows[1:]:
         assert 1.0 <= r["eta"] <= 3.0  # at most L + 1 tokens per call
@@ -95,9 +99,10 @@ def test_scan_layers_reaches_the_loaders(tmp_path, monkeypatch, scan):
     """Config key scan_layers: both models load with the stacked (or per-layer) layout."""
     import jax
 
-    from experiments import sources
     from experiments.configs import default
-    from models import decoder, testing
+    from experiments.speculative import sources
+    from models import testing
+    from models.arch import decoder
 
     monkeypatch.setenv("RSD_JAX_CACHE", str(tmp_path / "cache"))
     config = testing.tiny_config("qwen2", rope_layout="rotate_half")
@@ -106,7 +111,7 @@ def test_scan_layers_reaches_the_loaders(tmp_path, monkeypatch, scan):
         for n, k in (("t", jax.random.key(0)), ("d", jax.random.key(1)))
     ]
     arg = f"target={paths[0]},draft={paths[1]},draft_vocab=0,scan_layers={str(scan).lower()}"
-    bundle = sources.real_models(default.get_config(arg))
+    bundle = sources.real_models(spec_settings.from_config(default.get_config(arg)).models)
     for model in (bundle.target, bundle.draft):
         assert (decoder.LAYERS in model.params) == scan
         assert ("layers_0" in model.params) == (not scan)
@@ -137,15 +142,14 @@ def test_scan_layers_reaches_the_loaders(tmp_path, monkeypatch, scan):
     ],
 )  # fmt: skip
 def test_toy_demo_rejects_bad_settings_before_running(arg, msg, monkeypatch):
-    from experiments import validate
     from models import toy
 
     def never(*args, **kw):
         raise AssertionError("nothing may run for a bad setting")
 
     monkeypatch.setattr(toy, "random_table", never)
-    with pytest.raises(validate.ConfigError) as e:
-        toy_demo.run(toy_demo_config.get_config(arg))
+    with pytest.raises(ConfigError) as e:
+        toy_demo.run(toy_settings.from_config(toy_demo_config.get_config(arg)))
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
@@ -158,6 +162,10 @@ def test_toy_demo_rejects_bad_settings_before_running(arg, msg, monkeypatch):
         ("default.py:max_new_tokens=0,seed=-1",
          "error: bad config: 'max_new_tokens' must be an integer >= 1, got 0; 'seed' must be an "
          "integer in [0, 4294967295], got -1"),
+        ("default.py:shapes=21@rsd_c:7-2",  # raised while the config is built
+         "error: --config: config key 'shapes' was renamed: write shape_overrides (was shapes), "
+         "e.g. shape_overrides=21@rsd_c:7-2"),
+        ("nowhere.py", "error: --config: no config file 'experiments/configs/nowhere.py'"),
     ],
 )  # fmt: skip
 def test_command_line_reports_a_bad_setting_in_one_line(tmp_path, config, error):
@@ -179,9 +187,10 @@ def test_local_weights_are_part_of_the_model_identity(tmp_path, monkeypatch):
     description stored in a workdir, so results of the two are never mixed."""
     import jax
 
-    from experiments import sources
     from experiments.configs import default
-    from models import decoder, testing
+    from experiments.speculative import sources
+    from models import testing
+    from models.arch import decoder
 
     monkeypatch.setenv("RSD_JAX_CACHE", str(tmp_path / "cache"))
     config = testing.tiny_config("qwen2", rope_layout="rotate_half")
@@ -190,7 +199,8 @@ def test_local_weights_are_part_of_the_model_identity(tmp_path, monkeypatch):
     infos = []
     for seed in (0, 1):
         testing.write_tiny_gguf(path, config, decoder.init_params(config, jax.random.key(seed)))
-        infos.append(sources.real_models(default.get_config(arg)).info)
+        models = spec_settings.from_config(default.get_config(arg)).models
+        infos.append(sources.real_models(models).info)
     assert infos[0]["target_sha256"] != infos[1]["target_sha256"]
     assert infos[0]["target_config"] == infos[1]["target_config"]  # the config alone agrees
 

@@ -10,7 +10,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from experiments import datasets, sources
+from experiments.data import datasets
+from experiments.speculative import settings
 
 
 def _conv(i, human, gpt="reply", first="human"):
@@ -121,7 +122,7 @@ def test_missing_data_names_the_fetch_command(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_installed_file", lambda source: None)
     monkeypatch.setattr(datasets, "_PARSED", {})
     with pytest.raises(
-        datasets.DatasetMissingError, match="experiments.datasets fetch shakespeare"
+        datasets.DatasetMissingError, match="experiments.data.datasets fetch shakespeare"
     ):
         datasets.load_prompts("shakespeare", 2, 0)
     with pytest.raises(ValueError, match="unknown dataset"):
@@ -131,12 +132,12 @@ def test_missing_data_names_the_fetch_command(tmp_path, monkeypatch):
 def test_paper_sampling_per_dataset():
     from experiments.configs import default
 
-    paper = default.get_config("sampling=paper")
-    assert sources.sampling_for(paper, "summarise") == (0.3, 1.0)
-    assert sources.sampling_for(paper, "chat") == (1.0, 0.95)
-    fixed = default.get_config("sampling=fixed,temperature=0.7,top_p=0.9")
-    assert sources.sampling_for(fixed, "translate") == (0.7, 0.9)
-    assert sources.sampling_for(fixed, "chat") == (0.7, 0.9)
+    paper = settings.from_config(default.get_config("sampling=paper")).sampling
+    assert paper.for_dataset("summarise") == (0.3, 1.0)
+    assert paper.for_dataset("chat") == (1.0, 0.95)
+    fixed = settings.from_config(default.get_config("sampling=fixed,temperature=0.7,top_p=0.9"))
+    assert fixed.sampling.for_dataset("translate") == (0.7, 0.9)
+    assert fixed.sampling.for_dataset("chat") == (0.7, 0.9)
 
 
 def _available(source):
@@ -149,7 +150,7 @@ def _available(source):
 
 @pytest.mark.skipif(
     not all(_available(s) for s in datasets.SOURCES),
-    reason="real datasets not fetched (python -m experiments.datasets fetch)",
+    reason="real datasets not fetched (python -m experiments.data fetch)",
 )
 def test_real_datasets_if_fetched():
     he = datasets.load_prompts("humaneval", 3, 0)

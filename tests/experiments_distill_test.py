@@ -12,12 +12,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import distill, distill_data
-from experiments import distill_train as train_lib
+from experiments.common.checks import ConfigError
 from experiments.configs import distill as distill_config
-from models import adapter, decoder, draft_vocab, loading, student, testing
-from models import tokenizer as tokenizer_lib
-from models.loading import LoadedModel
+from experiments.distill import data as distill_data
+from experiments.distill import evaluate as distill_eval
+from experiments.distill import job as distill
+from experiments.distill import settings as distill_settings
+from experiments.distill import train as train_lib
+from models import adapter, drafts, loading, testing
+from models.arch import decoder
+from models.arch import head as head_lib
+from models.loaded import LoadedModel
+from models.loading import draft_dir
+from models.loading import tokenizer as tokenizer_lib
 from tests import lawcheck
 from tests import models_draft_vocab_test as dv
 
@@ -37,14 +44,15 @@ def _pair(vocab: int = dv.V):
     kw = dict(vocab_size=vocab, valid_vocab_size=vocab, bos_id=-1, eos_id=-1, pad_id=-1)
     target = dv._loaded("qwen2", 1, **kw)
     base = dv._loaded("qwen2", 2, layers=3, **kw)
-    return target, student.prune(base, [0, 2])
+    return target, drafts.prune(base, [0, 2])
 
 
 def _config(**kw):
     text = dict(steps=6, batch=4, train_sequences=TRAIN, heldout_sequences=HELD, seq_len=SEQ,
                 eval_every=3, checkpoint_every=2, warmup_steps=1, learning_rate=3e-2,
                 top_k=dv.V, progress=False, plots=False, evaluate=False) | kw  # fmt: skip
-    return distill_config.get_config(",".join(f"{k}={v}" for k, v in text.items()))
+    config = distill_config.get_config(",".join(f"{k}={v}" for k, v in text.items()))
+    return distill_settings.from_config(config)
 
 
 def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
@@ -112,7 +120,7 @@ def test_a_checkpoint_of_another_student_is_refused(tmp_path):
     target, small = _pair()
     laws, held = _laws(target, 0, TRAIN, dv.V), _laws(target, 1, HELD, dv.V)
     distill.train(_config(steps=2), small, laws, held, tmp_path)
-    other = student.prune(dv._loaded("qwen2", 2, layers=3, vocab_size=dv.V, valid_vocab_size=dv.V,
+    other = drafts.prune(dv._loaded("qwen2", 2, layers=3, vocab_size=dv.V, valid_vocab_size=dv.V,
                                      bos_id=-1, eos_id=-1, pad_id=-1), [0])  # fmt: skip
     with pytest.raises(ValueError, match="lacks|expected"):
         distill.train(_config(steps=2), other, laws, held, tmp_path)
@@ -126,8 +134,8 @@ def test_export_loads_back_with_identical_logits(tmp_path, restricted):
     cfg = testing.tiny_config("qwen2", valid_vocab_size=testing.tiny_config().vocab_size - 2)
     model = LoadedModel(cfg, decoder.init_params(cfg, jax.random.PRNGKey(3), noise=0.3), tok)
     if restricted:
-        model = draft_vocab.restrict_head(model, list(range(3, 120)))
-    student.export(model, tmp_path / "draft", extra={"note": "test"})
+        model = head_lib.restrict_head(model, list(range(3, 120)))
+    draft_dir.export(model, tmp_path / "draft", extra={"note": "test"})
     loaded = loading.load_model(tmp_path / "draft")
     assert loaded.config.head_vocab == model.config.head_vocab
     assert loaded.config.valid_vocab_size == cfg.valid_vocab_size
@@ -218,14 +226,14 @@ def test_batches_depend_on_the_step_alone():
 
 
 def test_bad_distill_configs_fail_before_anything_loads(tmp_path):
-    from experiments import validate
-
     for bad, key in (("steps=0", "steps"), ("kv_heads=3", "kv_heads"), ("batch=999", "batch"),
                      ("init=grow", "init"), ("eval_methods=xx:1", "eval_methods"),
                      ("learning_rate=-1.0", "learning_rate"), ("keep_layers=a", "keep_layers"),
                      ("eval_temperatures=-1", "eval_temperatures")):  # fmt: skip
-        with pytest.raises(validate.ConfigError, match=key):
-            distill.run(distill_config.get_config(bad), tmp_path / "w")
+        with pytest.raises(ConfigError, match=key):
+            distill.run(
+                distill_settings.from_config(distill_config.get_config(bad)), tmp_path / "w"
+            )
     assert not (tmp_path / "w").exists()
 
 
@@ -237,8 +245,6 @@ def test_a_workdir_of_another_distillation_is_refused(tmp_path):
 
 
 def test_evaluation_summary_pairs_with_ar_and_reads_acceptance_by_depth():
-    from experiments import distill_eval
-
     # hist[a] = rounds accepting exactly a tokens: 10 rounds, 6 reach depth 1, 2 depth 2.
     assert distill_eval.acceptance_by_depth([4, 4, 2]) == [0.6, 2 / 6]
     assert distill_eval.acceptance_by_depth([3, 0, 0]) == [0.0, None]

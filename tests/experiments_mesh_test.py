@@ -1,10 +1,10 @@
-"""experiments.mesh: the ``DATAxMODEL`` spec of the ``mesh`` config key and of the flags."""
+"""experiments.common.mesh: the ``DATAxMODEL`` spec of the ``mesh`` config key and of the flags."""
 
 from __future__ import annotations
 
 import pytest
 
-from experiments import mesh as mesh_lib
+from experiments.common import mesh as mesh_lib
 from rsd_jax import sharding
 
 

@@ -1,4 +1,4 @@
-"""experiments/ot_gap.py on tiny random decoders (no real model is loaded)."""
+"""experiments/bench/ot_gap.py on tiny random decoders (no real model is loaded)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import ot_gap
-from models import adapter, decoder
-from models.config import ModelConfig
+from experiments.bench import ot_gap
+from models import adapter
+from models.arch import decoder
+from models.arch.config import ModelConfig
 
 V = 64
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import plan
 from experiments.configs import default, fixed_budget, fixed_length
+from experiments.speculative import plan, settings
 from rsd_jax import methods
 
 
+def _plan(config):
+    """The plan of a config, through its checked settings (as the job gets it)."""
+    return plan.plan(settings.from_config(config))
+
+
 def test_default_has_every_method_of_the_paper_with_ar_first():
-    specs = plan.plan(default.get_config())
+    specs = _plan(default.get_config())
     assert [s.name for s in specs] == ["AR", "SD", "MRS", "SpecTr", "RSD-C", "RSD-S"]
     assert [(s.length, s.budget) for s in specs[1:]] == [(5, 5), (3, 6), (3, 6), (4, 8), (4, 8)]
 
 
 def test_fixed_length_shapes():
-    specs = plan.plan(fixed_length.get_config())
+    specs = _plan(fixed_length.get_config())
     assert specs[0].text == "ar"
     for length in (2, 3, 4, 5):
         at = {s.name: s for s in specs if s.sweep_value == length}
@@ -33,7 +38,7 @@ def test_every_default_budget_shape_realises_its_budget():
 
 
 def test_fixed_budget_shapes_and_sd_cap():
-    specs = plan.plan(fixed_budget.get_config())
+    specs = _plan(fixed_budget.get_config())
     for budget in (6, 10, 14, 21, 30):
         at = {s.name: s for s in specs if s.sweep_value == budget}
         assert set(at) == {"SD", "MRS", "SpecTr", "RSD-C", "RSD-S"}
@@ -47,25 +52,25 @@ def test_fixed_budget_shapes_and_sd_cap():
 
 def test_shape_overrides():
     cfg = fixed_budget.get_config("budgets=21,method=rsd_c+rsd_s,shape_overrides=21@rsd_c:7-2")
-    assert [s.text for s in plan.plan(cfg)] == ["ar", "rsd_c:7-2", "rsd_s:7x3"]
+    assert [s.text for s in _plan(cfg)] == ["ar", "rsd_c:7-2", "rsd_s:7x3"]
     with pytest.raises(ValueError, match="B@name:shape"):
-        plan.plan(fixed_budget.get_config("shape_overrides=21-rsd_c:7-2"))
+        _plan(fixed_budget.get_config("shape_overrides=21-rsd_c:7-2"))
     with pytest.raises(ValueError, match="budgets are"):
-        plan.plan(fixed_budget.get_config("budgets=6,shape_overrides=21@rsd_c:7-2"))
+        _plan(fixed_budget.get_config("budgets=6,shape_overrides=21@rsd_c:7-2"))
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="unknown sweep"):
-        plan.plan(default.get_config("sweep=sideways"))
+    with pytest.raises(ValueError, match="'sweep' must be one of 'none', 'length', 'budget'"):
+        _plan(default.get_config("sweep=sideways"))
     with pytest.raises(ValueError, match="bare method names"):
-        plan.plan(fixed_length.get_config("method=sd:3"))
-    with pytest.raises(ValueError, match="integers"):
-        plan.plan(fixed_budget.get_config("budgets=six"))
+        _plan(fixed_length.get_config("method=sd:3"))
+    with pytest.raises(ValueError, match="'budgets' must be '.'-separated distinct integers"):
+        _plan(fixed_budget.get_config("budgets=six"))
     with pytest.raises(ValueError, match="names no method"):
-        plan.plan(default.get_config("method=+"))
+        _plan(default.get_config("method=+"))
     with pytest.raises(ValueError, match="needs sweep=budget"):
-        plan.plan(fixed_length.get_config("auto_shape=true"))
-    with pytest.raises(ValueError, match="calibration_tokens >= 1"):
-        plan.plan(fixed_budget.get_config("auto_shape=true,calibration_tokens=0"))
-    with pytest.raises(ValueError, match="calibration_prompts >= 1"):
-        plan.plan(fixed_budget.get_config("auto_shape=true,calibration_prompts=0"))
+        _plan(fixed_length.get_config("auto_shape=true"))
+    with pytest.raises(ValueError, match="'calibration_tokens' must be an integer >= 1"):
+        _plan(fixed_budget.get_config("auto_shape=true,calibration_tokens=0"))
+    with pytest.raises(ValueError, match="'calibration_prompts' must be an integer >= 1"):
+        _plan(fixed_budget.get_config("auto_shape=true,calibration_prompts=0"))

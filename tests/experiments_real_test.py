@@ -10,7 +10,7 @@ the same as the main-job smoke), five methods compile once each for the 1.5B tar
 2 prompts x 8 tokens x 5 methods decode (seconds); a few minutes on 2 cores, dominated by
 compilation. Without the presets or the data in the cache it is skipped, saying what to
 run (``python -m models.prepare qwen2.5-coder-0.5b qwen2.5-coder-1.5b``,
-``python -m experiments.datasets fetch``); in CI (``CI=true``) that is a failure instead.
+``python -m experiments.data fetch``); in CI (``CI=true``) that is a failure instead.
 """
 
 from __future__ import annotations
@@ -19,9 +19,17 @@ import os
 
 import pytest
 
-from experiments import datasets, runner
 from experiments.configs import default
-from models import presets
+from experiments.data import datasets
+from experiments.speculative import job as runner
+from experiments.speculative import settings as spec_settings
+from models.loading import presets
+
+
+def run_job(config, workdir, **kw):
+    """The speculative job on a config (checked into settings first, as experiments.run does)."""
+    return runner.run(spec_settings.from_config(config), workdir, **kw)
+
 
 pytestmark = pytest.mark.slow
 PAIR = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
@@ -36,7 +44,7 @@ def _missing() -> str | None:
         try:
             datasets.locate(source)
         except Exception as e:  # absent or damaged: either way, fetch again
-            return f"dataset {source} unavailable ({e}; python -m experiments.datasets fetch)"
+            return f"dataset {source} unavailable ({e}; python -m experiments.data fetch)"
     return None
 
 
@@ -50,7 +58,7 @@ def test_real_pair_greedy_methods_equal_ar(tmp_path):
         "method=ar+sd:2+spectr:2x2+rsd_c:2-2+rsd_s:3x2,dataset=humaneval+chat,num_prompts=2,"
         "max_new_tokens=8,sampling=fixed,temperature=0,progress=false,bootstrap=50"
     )
-    summary = runner.run(config, tmp_path, log=lambda message: None)
+    summary = run_job(config, tmp_path, log=lambda message: None)
     for label, entry in summary["methods"].items():
         assert entry["matches_ar"] == 1.0, label
         assert entry["block_efficiency"] >= 1.0

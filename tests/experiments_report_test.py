@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import plan, report
+from experiments.reporting import tables as report
+from experiments.speculative import plan
 
 
 def _rec(generated, calls):

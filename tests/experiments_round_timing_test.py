@@ -1,4 +1,4 @@
-"""experiments/round_timing.py on tiny random decoders: every phase, and the free-model step."""
+"""experiments/bench/round_timing.py on tiny random decoders: every phase, the free-model step."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import round_timing
-from models import adapter, nucleus
+from experiments.bench import round_timing
+from models import adapter
+from models.kernels import nucleus
 from rsd_jax import decode, methods, transforms
 from tests.models_draft_vocab_test import _loaded
 

@@ -1,7 +1,7 @@
 """The speculative job end to end on toy n-gram models through the real engine and runner.
 
 Same code path as real runs (plan -> engine -> JSONL records -> summary, table, plots);
-only the model and prompt sources are injected (``experiments.sources.toy_sources``).
+only the model and prompt sources are injected (``experiments.speculative.sources.toy_sources``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from experiments import runner, sources
+from experiments.common import records as records_lib
 from experiments.configs import default, fixed_budget, fixed_length
+from experiments.speculative import job as runner
+from experiments.speculative import settings as spec_settings
+from experiments.speculative import sources, timed
+from experiments.speculative import workdir as workdir_lib
 from tests.experiments_strict_json_test import strict_loads
+
+
+def run_job(config, workdir, **kw):
+    """The speculative job on a config (checked into settings first, as experiments.run does)."""
+    return runner.run(spec_settings.from_config(config), workdir, **kw)
+
 
 METHODS = "ar+sd:2+spectr:2x2+rsd_s:2x2"
 BASE = f"method={METHODS},dataset=humaneval+summarise,num_prompts=4,max_new_tokens=8"
@@ -28,7 +38,7 @@ def _run(workdir, arg=BASE, config_module=default, **kw):
     model_source, prompt_source = sources.toy_sources()
     config = config_module.get_config(arg)
     logs = []
-    summary = runner.run(
+    summary = run_job(
         config,
         workdir,
         model_source=model_source,
@@ -41,7 +51,7 @@ def _run(workdir, arg=BASE, config_module=default, **kw):
 
 def _strip(records: dict) -> dict:
     return {
-        k: {f: v for f, v in r.items() if f not in (*runner.TIMING_FIELDS, "invocation")}
+        k: {f: v for f, v in r.items() if f not in (*timed.TIMING_FIELDS, "invocation")}
         for k, r in records.items()
     }
 
@@ -55,7 +65,7 @@ def full_run(tmp_path_factory):
 
 def test_outputs_records_summary_table_and_plots(full_run):
     workdir, summary, logs = full_run
-    records = runner.load_records(workdir / runner.RESULTS)
+    records = records_lib.load_records(workdir / workdir_lib.RESULTS)
     assert len(records) == 4 * 4  # (2 prompts x 2 datasets) x 4 methods
     for name in ("summary.json", "table.md", "shapes.md", "config.json"):
         assert (workdir / name).is_file()
@@ -67,7 +77,7 @@ def test_outputs_records_summary_table_and_plots(full_run):
         assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
     stored = strict_loads((workdir / "summary.json").read_text())
     strict_loads((workdir / "config.json").read_text())
-    for line in (workdir / runner.RESULTS).read_text().splitlines():
+    for line in (workdir / workdir_lib.RESULTS).read_text().splitlines():
         strict_loads(line)
     assert set(stored["methods"]) == {"ar", "sd:2", "spectr:2x2", "rsd_s:2x2"}
     for label, e in stored["methods"].items():
@@ -87,7 +97,7 @@ def test_outputs_records_summary_table_and_plots(full_run):
 
 def test_resume_after_interrupt_equals_uninterrupted_and_recomputes_nothing(full_run, tmp_path):
     ref_dir, _, _ = full_run
-    reference = runner.load_records(ref_dir / runner.RESULTS)
+    reference = records_lib.load_records(ref_dir / workdir_lib.RESULTS)
 
     class Interrupt(Exception):
         pass
@@ -101,8 +111,8 @@ def test_resume_after_interrupt_equals_uninterrupted_and_recomputes_nothing(full
 
     with pytest.raises(Interrupt):
         _run(tmp_path, on_record=stop_after_five)
-    assert len(runner.load_records(tmp_path / runner.RESULTS)) == 5
-    with open(tmp_path / runner.RESULTS, "a") as f:  # a kill mid-write leaves a partial line
+    assert len(records_lib.load_records(tmp_path / workdir_lib.RESULTS)) == 5
+    with open(tmp_path / workdir_lib.RESULTS, "a") as f:  # a kill mid-write leaves a partial line
         f.write('{"key": "humaneval/s0-0|sd:2", "tok')
 
     resumed = []
@@ -113,9 +123,9 @@ def test_resume_after_interrupt_equals_uninterrupted_and_recomputes_nothing(full
     assert seen[-1] == f"{cut}|ar"
     assert set(resumed) & set(seen) == {seen[-1]}
     assert len(resumed) == len(reference) - 5 + 1
-    lines = (tmp_path / runner.RESULTS).read_text().splitlines()
+    lines = (tmp_path / workdir_lib.RESULTS).read_text().splitlines()
     assert len(lines) == len(reference) + 1  # AR's record of that prompt, replaced
-    records = runner.load_records(tmp_path / runner.RESULTS)
+    records = records_lib.load_records(tmp_path / workdir_lib.RESULTS)
     assert _strip(records) == _strip(reference)
     on_cut = {r["invocation"] for k, r in records.items() if k.startswith(f"{cut}|")}
     assert len(on_cut) == 1
@@ -133,19 +143,19 @@ def test_resume_after_interrupt_equals_uninterrupted_and_recomputes_nothing(full
 
 def test_incompatible_workdir_is_refused(full_run, tmp_path):
     _run(tmp_path, BASE.replace("num_prompts=4", "num_prompts=2"))
-    with pytest.raises(runner.IncompatibleWorkdirError, match="max_new_tokens: 8 -> 9"):
+    with pytest.raises(workdir_lib.IncompatibleWorkdirError, match="max_new_tokens: 8 -> 9"):
         _run(tmp_path, BASE.replace("max_new_tokens=8", "max_new_tokens=9"))
-    with pytest.raises(runner.IncompatibleWorkdirError, match="temperature"):
+    with pytest.raises(workdir_lib.IncompatibleWorkdirError, match="temperature"):
         _run(tmp_path, BASE + ",sampling=fixed,temperature=0.5")
 
     def never(config):
         raise AssertionError("an incompatible workdir is refused before loading models")
 
-    with pytest.raises(runner.IncompatibleWorkdirError, match="seed"):
-        runner.run(default.get_config(BASE + ",seed=3"), tmp_path, model_source=never)
+    with pytest.raises(workdir_lib.IncompatibleWorkdirError, match="seed"):
+        run_job(default.get_config(BASE + ",seed=3"), tmp_path, model_source=never)
     model_source, prompt_source = sources.toy_sources(vocab=6)  # other models, same config
-    with pytest.raises(runner.IncompatibleWorkdirError, match="models differ"):
-        runner.run(default.get_config(BASE), tmp_path, model_source=model_source, log=len)
+    with pytest.raises(workdir_lib.IncompatibleWorkdirError, match="models differ"):
+        run_job(default.get_config(BASE), tmp_path, model_source=model_source, log=len)
     # More prompts or other methods are compatible: only the new work runs.
     new = []
     _run(tmp_path, on_record=lambda r: new.append(r["prompt"]))
@@ -157,7 +167,7 @@ def test_workdir_of_the_former_paper_sentinel_resumes_under_sampling_paper(tmp_p
     paper's setting) holds the records ``sampling=paper`` makes: it resumes, nothing reruns."""
     arg = BASE.replace("num_prompts=4", "num_prompts=2")
     _run(tmp_path, arg)
-    path = tmp_path / runner.CONFIG
+    path = tmp_path / workdir_lib.CONFIG
     stored = json.loads(path.read_text())
     del stored["config"]["sampling"]
     stored["config"] |= {"temperature": -1.0, "top_p": -1.0}
@@ -167,7 +177,7 @@ def test_workdir_of_the_former_paper_sentinel_resumes_under_sampling_paper(tmp_p
     assert again == []
     stored["config"]["temperature"] = 0.5  # T fixed, the paper's top-p: refused, named
     path.write_text(json.dumps(stored))
-    with pytest.raises(runner.IncompatibleWorkdirError, match=r"of humaneval: \(0.5, 0.95\)"):
+    with pytest.raises(workdir_lib.IncompatibleWorkdirError, match=r"of humaneval: \(0.5, 0.95\)"):
         _run(tmp_path, arg)
 
 
@@ -199,7 +209,7 @@ def test_bad_configs_fail_before_loading_models(module, arg, msg, tmp_path):
         raise AssertionError("models must not be loaded for a bad config")
 
     with pytest.raises(ValueError, match=msg):
-        runner.run(module.get_config(arg), tmp_path, model_source=never, log=lambda m: None)
+        run_job(module.get_config(arg), tmp_path, model_source=never, log=lambda m: None)
 
 
 def test_fixed_budget_sweep_runs_and_lists_shapes(tmp_path):
@@ -211,7 +221,7 @@ def test_fixed_budget_sweep_runs_and_lists_shapes(tmp_path):
     assert "branching 2-2-1 (B=10, L=3)" in shapes
     labels = set(summary["methods"])
     assert {"B=6 sd:6", "B=10 sd:6", "B=6 rsd_s:3x2", "B=10 rsd_s:5x2"} <= labels
-    records = runner.load_records(tmp_path / runner.RESULTS)
+    records = records_lib.load_records(tmp_path / workdir_lib.RESULTS)
     assert sum(r["method"] == "sd:6" for r in records.values()) == 1  # one chain serves both B
     assert "Shapes used" in logs[0]
 
@@ -222,8 +232,10 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
     arg += ",auto_shape=true,calibration_prompts=1,calibration_shape=3-2,calibration_tokens=8"
     arg += ",progress=false,bootstrap=20"
     summary, logs = _run(tmp_path, arg, fixed_budget)
-    calib = strict_loads((tmp_path / runner.CALIBRATION).read_text())  # unmeasured: null
-    evaluated = {m["prompt"] for m in runner.load_records(tmp_path / runner.RESULTS).values()}
+    calib = strict_loads((tmp_path / workdir_lib.CALIBRATION).read_text())  # unmeasured: null
+    evaluated = {
+        m["prompt"] for m in records_lib.load_records(tmp_path / workdir_lib.RESULTS).values()
+    }
     assert not set(calib["settings"]["prompts"]) & evaluated  # calibration prompts not scored
     count = calib["table"]["count"]
     assert count[0][2] > 0 and count[1][1] > 0  # root ranks 1..3, depth-1 ranks 1..2 measured
@@ -239,7 +251,7 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
         best = max(e["block_efficiency"] for e in rivals if " auto " not in e["label"])
         assert c["best_block_efficiency"] == pytest.approx(best)
         assert c["ratio"] == pytest.approx(c["auto_block_efficiency"] / best)
-    assert "auto / best" in (tmp_path / runner.TABLE).read_text()
+    assert "auto / best" in (tmp_path / workdir_lib.TABLE).read_text()
     # A rerun reuses the calibration and recomputes nothing.
     _, logs2 = _run(tmp_path, arg, fixed_budget)
     assert any("calibration reused" in m for m in logs2)
@@ -250,7 +262,7 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
     # ... but a different calibration length recalibrates.
     _, logs4 = _run(tmp_path, arg + ",calibration_tokens=6", fixed_budget)
     assert not any("calibration reused" in m for m in logs4)
-    assert json.loads((tmp_path / runner.CALIBRATION).read_text())["settings"]["max_new"] == 6
+    assert json.loads((tmp_path / workdir_lib.CALIBRATION).read_text())["settings"]["max_new"] == 6
 
 
 def test_probes_report_walk_and_traversal_on_the_same_trees(tmp_path):
@@ -270,13 +282,15 @@ def _never(config):
 
 
 def test_second_lock_on_a_workdir_fails_fast_and_is_released_on_exit(tmp_path):
-    with runner.workdir_lock(tmp_path):
-        with pytest.raises(runner.WorkdirBusyError, match=rf"pid {os.getpid()}, lock .*\.lock"):
-            with runner.workdir_lock(tmp_path):
+    with records_lib.workdir_lock(tmp_path):
+        with pytest.raises(
+            records_lib.WorkdirBusyError, match=rf"pid {os.getpid()}, lock .*\.lock"
+        ):
+            with records_lib.workdir_lock(tmp_path):
                 pass
-        with pytest.raises(runner.WorkdirBusyError, match="in use by another run"):
-            runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
-    with runner.workdir_lock(tmp_path):  # released on exit
+        with pytest.raises(records_lib.WorkdirBusyError, match="in use by another run"):
+            run_job(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+    with records_lib.workdir_lock(tmp_path):  # released on exit
         pass
 
     class Boom(Exception):
@@ -286,15 +300,15 @@ def test_second_lock_on_a_workdir_fails_fast_and_is_released_on_exit(tmp_path):
         raise Boom
 
     with pytest.raises(Boom):  # a run that fails releases the lock as well
-        runner.run(default.get_config(BASE), tmp_path, model_source=boom, log=len)
-    with runner.workdir_lock(tmp_path):
+        run_job(default.get_config(BASE), tmp_path, model_source=boom, log=len)
+    with records_lib.workdir_lock(tmp_path):
         pass
 
 
 def test_a_concurrent_run_in_another_process_is_refused_until_it_dies(tmp_path):
     script = (
         "import sys\nfrom pathlib import Path\nfrom experiments import runner\n"
-        "with runner.workdir_lock(Path(sys.argv[1])):\n"
+        "with records_lib.workdir_lock(Path(sys.argv[1])):\n"
         "    print('locked', flush=True)\n    sys.stdin.readline()\n"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
@@ -304,12 +318,12 @@ def test_a_concurrent_run_in_another_process_is_refused_until_it_dies(tmp_path):
     )  # fmt: skip
     try:
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(runner.WorkdirBusyError, match=rf"pid {child.pid}\b"):
-            runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+        with pytest.raises(records_lib.WorkdirBusyError, match=rf"pid {child.pid}\b"):
+            run_job(default.get_config(BASE), tmp_path, model_source=_never, log=len)
     finally:
         child.kill()  # killed, not a clean exit: the kernel drops the lock
         child.wait()
-    with runner.workdir_lock(tmp_path):
+    with records_lib.workdir_lock(tmp_path):
         pass
 
 
@@ -320,15 +334,17 @@ def test_a_concurrent_run_in_another_process_is_refused_until_it_dies(tmp_path):
 )  # fmt: skip
 def test_damaged_line_inside_results_names_file_and_line(full_run, tmp_path, damage, problem):
     ref_dir, _, _ = full_run
-    lines = (ref_dir / runner.RESULTS).read_bytes().splitlines(keepends=True)
-    path = tmp_path / runner.RESULTS
+    lines = (ref_dir / workdir_lib.RESULTS).read_bytes().splitlines(keepends=True)
+    path = tmp_path / workdir_lib.RESULTS
     path.write_bytes(b"".join(lines[:2]) + b"\n" + damage + b"".join(lines[2:4]) + b'{"key"')
-    (tmp_path / runner.CONFIG).write_bytes((ref_dir / runner.CONFIG).read_bytes())
-    with pytest.raises(runner.DamagedResultsError, match=rf"results\.jsonl, line 4: .*{problem}"):
-        runner.load_records(path)
-    with pytest.raises(runner.DamagedResultsError, match=rf"{path}, line 4: damaged"):
-        runner.run(default.get_config(BASE), tmp_path, model_source=_never, log=len)
+    (tmp_path / workdir_lib.CONFIG).write_bytes((ref_dir / workdir_lib.CONFIG).read_bytes())
+    with pytest.raises(
+        records_lib.DamagedResultsError, match=rf"results\.jsonl, line 4: .*{problem}"
+    ):
+        records_lib.load_records(path)
+    with pytest.raises(records_lib.DamagedResultsError, match=rf"{path}, line 4: damaged"):
+        run_job(default.get_config(BASE), tmp_path, model_source=_never, log=len)
     assert path.read_bytes().endswith(b'{"key"')  # nothing is cut from a damaged file
     path.write_bytes(b"".join(lines[:4]) + b'{"key"')  # only a partial last line: dropped
-    assert len(runner.load_records(path)) == 4
+    assert len(records_lib.load_records(path)) == 4
     assert path.read_bytes() == b"".join(lines[:4])

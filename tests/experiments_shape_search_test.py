@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from experiments import shape_search as ss
+from experiments.speculative import shape_search as ss
 
 
 def _table(rows):

@@ -8,8 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from experiments import run, shape_search, strict_json, toy_demo
+from experiments import run
+from experiments.common import strict_json
 from experiments.configs import toy_demo as toy_demo_config
+from experiments.speculative import shape_search
+from experiments.toy_demo.job import job as toy_demo
 
 
 def _reject(token):

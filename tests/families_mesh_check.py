@@ -21,9 +21,10 @@ import json  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments import mesh as mesh_lib  # noqa: E402
-from models import adapter, decoder, testing  # noqa: E402
-from models.loading import LoadedModel  # noqa: E402
+from experiments.common import mesh as mesh_lib
+from models import adapter, testing
+from models.arch import decoder
+from models.loaded import LoadedModel
 from rsd_jax import generation as gen  # noqa: E402
 from rsd_jax import sharding, transforms  # noqa: E402
 

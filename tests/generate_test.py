@@ -68,8 +68,9 @@ def test_passing_the_trained_context_warns_and_staying_inside_does_not():
 
 
 def test_loaded_models_expose_their_trained_context():
-    from models import adapter, decoder, testing
-    from models.loading import LoadedModel
+    from models import adapter, testing
+    from models.arch import decoder
+    from models.loaded import LoadedModel
 
     config = testing.tiny_config("qwen2", rope_layout="rotate_half")
     loaded = LoadedModel(config, decoder.init_params(config, jax.random.key(0)), None)

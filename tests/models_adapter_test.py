@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax
 import pytest
 
-from models import adapter, decoder, testing
-from models.loading import LoadedModel
+from models import adapter, testing
+from models.arch import decoder
+from models.loaded import LoadedModel
 from rsd_jax import generate, transforms
 
 

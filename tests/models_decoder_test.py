@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder, testing
-from models.config import ModelConfig
+from models import testing
+from models.arch import decoder
+from models.arch.config import ModelConfig
 from models.errors import PromptTooLongError
 
 ATOL = RTOL = 1e-5

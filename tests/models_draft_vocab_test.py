@@ -1,4 +1,4 @@
-"""Restricted draft vocabularies (`models.draft_vocab`): the head, and exactness end to end."""
+"""Restricted draft vocabularies (`models.arch.head`): the head, and exactness end to end."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import adapter, decoder, draft_vocab, testing
-from models.loading import LoadedModel
+from models import adapter, drafts, testing
+from models.arch import decoder
+from models.arch import head as head_lib
+from models.loaded import LoadedModel
 from rsd_jax import generation as gen
 from tests import lawcheck
 
@@ -24,7 +26,7 @@ def _loaded(arch, seed, **kw):
 def test_restricted_head_scores_kept_ids_exactly_and_nothing_else(arch):
     full = _loaded(arch, 0)
     keep = [3, 40, 7, 200, 41]
-    small = draft_vocab.restrict_head(full, keep)
+    small = head_lib.restrict_head(full, keep)
     specials = {full.config.bos_id, full.config.eos_id, full.config.pad_id}
     kept = np.array(sorted(set(keep) | specials))
     np.testing.assert_array_equal(small.params[f"{decoder.HEAD}_ids"], kept)
@@ -45,27 +47,27 @@ def test_restricted_head_scores_kept_ids_exactly_and_nothing_else(arch):
 
 def test_frequent_ids_and_counts():
     counts = np.array([5, 0, 9, 9, 1, 7])
-    np.testing.assert_array_equal(draft_vocab.frequent_ids(counts, 3), [2, 3, 5])
-    np.testing.assert_array_equal(draft_vocab.frequent_ids(counts, 4), [0, 2, 3, 5])
+    np.testing.assert_array_equal(drafts.frequent_ids(counts, 3), [2, 3, 5])
+    np.testing.assert_array_equal(drafts.frequent_ids(counts, 4), [0, 2, 3, 5])
 
     class Chars:  # a tokenizer whose ids are character codes
         def encode(self, text):
             return [ord(ch) for ch in text]
 
-    counts = draft_vocab.count_ids(Chars(), ["aab", "b\x7f"], 100)  # 127 is out of range
+    counts = drafts.count_ids(Chars(), ["aab", "b\x7f"], 100)  # 127 is out of range
     assert counts[ord("a")] == 2 and counts[ord("b")] == 2 and counts.sum() == 4
 
 
 def test_restrict_head_rejects_bad_ids():
     full = _loaded("qwen2", 0)
     with pytest.raises(ValueError, match="draft vocabulary"):
-        draft_vocab.restrict_head(full, [])
+        head_lib.restrict_head(full, [])
     with pytest.raises(ValueError, match="draft vocabulary"):
-        draft_vocab.restrict_head(full, [full.config.valid_vocab_size])
+        head_lib.restrict_head(full, [full.config.valid_vocab_size])
     with pytest.raises(ValueError, match="already"):
-        draft_vocab.restrict_head(draft_vocab.restrict_head(full, [4]), [4])
+        head_lib.restrict_head(head_lib.restrict_head(full, [4]), [4])
     with pytest.raises(ValueError, match="draft vocabulary"):
-        draft_vocab.frequent_ids(np.ones(5), 6)
+        drafts.frequent_ids(np.ones(5), 6)
 
 
 # Exactness: a 6-id model pair whose draft scores only ids 0..2 (and EOS 2 is among them),
@@ -76,7 +78,7 @@ V, PROMPT, N = 6, [1, 4, 0], 3
 def _tiny_pair():
     kw = dict(vocab_size=V, valid_vocab_size=V, bos_id=-1, eos_id=-1, pad_id=-1)
     target, draft = _loaded("qwen2", 1, **kw), _loaded("qwen2", 2, **kw)
-    small = draft_vocab.restrict_head(draft, [0, 1, 2])
+    small = head_lib.restrict_head(draft, [0, 1, 2])
     assert small.params[f"{decoder.HEAD}_ids"].tolist() == [0, 1, 2]
     return target, small
 

@@ -31,8 +31,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from models import adapter, decoder, hf_loader, load_model, sharding, testing
-from models.loading import LoadedModel
+from models import adapter, load_model, testing
+from models.arch import decoder, sharding
+from models.loaded import LoadedModel
+from models.loading import hf_loader
 from rsd_jax import generation as gen
 from rsd_jax import kv_cache, transforms
 

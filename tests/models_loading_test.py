@@ -13,17 +13,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder, gguf_loader, presets, student, testing
-from models.config import ModelConfig
+from models import drafts, testing
+from models.arch import decoder
+from models.arch.config import ModelConfig
 from models.errors import (
     HashMismatchError,
     IncompatibleModelsError,
     ModelFileError,
     UnknownArchitectureError,
 )
-from models.hf_loader import load_hf_dir, save_hf_dir
-from models.loading import LoadedModel, check_compatible, load_model, load_model_info
-from models.tokenizer import CHATML_TEMPLATE
+from models.loaded import LoadedModel
+from models.loading import check_compatible, gguf_loader, load_model, load_model_info, presets
+from models.loading.hf_loader import load_hf_dir, save_hf_dir
+from models.loading.tokenizer import CHATML_TEMPLATE
 
 # GGUF and HF round trips move the same float32 values, but the llama GGUF path uses the
 # interleaved rotation on permuted rows instead of rotate-half: same math, different
@@ -158,7 +160,7 @@ def test_gemma3_gguf_loads_as_the_gemma3_text_family(tmp_path):
         _logits(model.config, model.params), _logits(config, params), atol=ATOL, rtol=RTOL
     )
     # A pruned draft keeps its blocks' layer types.
-    pruned = student.prune(model, [0, 5])
+    pruned = drafts.prune(model, [0, 5])
     assert pruned.config.layer_types == ("sliding_attention", "full_attention")
     assert _logits(pruned.config, pruned.params).shape == (1, 7, config.vocab_size)
 
@@ -192,7 +194,7 @@ def test_missing_files(tmp_path):
 
 
 def _hf_config_json():
-    from models.hf_loader import hf_config_dict
+    from models.loading.hf_loader import hf_config_dict
 
     return hf_config_dict(_hf_model("llama")[0])
 
@@ -251,7 +253,7 @@ def test_check_compatible(tmp_path):
 
 
 def _tokenizer_with_renamed_token(tok, rename=True):
-    from models.tokenizer import Tokenizer, build_byte_level_bpe
+    from models.loading.tokenizer import Tokenizer, build_byte_level_bpe
 
     tokens, _, merges = testing.tiny_vocab()
     if rename:
@@ -322,7 +324,7 @@ def test_assemble_size_and_missing_member_errors(tmp_path):
 
 
 def test_padding_ids_from_gguf_metadata():
-    from models.config import from_gguf_metadata
+    from models.loading.families import from_gguf_metadata
 
     tokens = ["a", "b", "c", "[PAD3]", "[PAD4]"]
     meta = {

@@ -1,4 +1,4 @@
-"""The top-p kernel (models.nucleus): the exact nucleus threshold, and exact methods with it."""
+"""The top-p kernel (models.kernels.nucleus): the exact nucleus threshold, exact methods with it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import adapter, native, nucleus
+from models import adapter
+from models.kernels import native, nucleus
 from rsd_jax import generation as gen
 from rsd_jax import transforms
 from tests import lawcheck

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder, hf_loader
+from models.arch import decoder
 from models.errors import IncompatibleModelsError
-from models.loading import check_compatible, load_model, load_model_info
+from models.loading import check_compatible, hf_loader, load_model, load_model_info
 
 DATA = Path(__file__).parent / "data"
 MIN_CORR, MEAN_CORR, TOP1, MAX_LOGPROB_DIFF = 0.999, 0.9999, 0.98, 0.02

@@ -1,5 +1,5 @@
-"""Tiled and int8 weights (`models.quantize`, `models.tiled_matmul`): the scheme, the CPU
-kernel against plain XLA, the decoder, and exactness of every method with an int8 draft."""
+"""Tiled and int8 weights (`models.arch.quantize`, `models.kernels.tiled_matmul`): the scheme,
+the CPU kernel against plain XLA, the decoder, and exactness of every method with an int8 draft."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import decoder, draft_vocab, quantize, testing, tiled_matmul
-from models.loading import LoadedModel
+from models import testing
+from models.arch import decoder, quantize
+from models.arch import head as head_lib
+from models.kernels import tiled_matmul
+from models.loaded import LoadedModel
 from tests import lawcheck
 from tests.models_draft_vocab_test import V, _counts, _exact_law, _loaded
 
@@ -102,7 +105,7 @@ def test_tiled_decoder_is_the_float_decoder_of_its_weights(arch, restricted, sca
     tiled float32 forward equals the original to float rounding."""
     full = _loaded(arch, 0, scan_layers=scan)
     if restricted:
-        full = draft_vocab.restrict_head(full, [3, 40, 7, 200])
+        full = head_lib.restrict_head(full, [3, 40, 7, 200])
     q = quantize.convert(full, weights)
     assert q.config.weights == weights and q.config.to_json() != full.config.to_json()
     tokens, lengths = jnp.array([[5, 17, 99, 3, 250]], jnp.int32), jnp.array([5])

@@ -1,4 +1,4 @@
-"""The one pip download helper (models/registry.py): its command and how it finds archives."""
+"""The one pip download helper (models/loading/registry.py): its command, how it finds archives."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models import presets, registry
 from models.errors import ModelFileError
+from models.loading import presets, registry
 
 
 class _Pip:

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from models import testing
-from models import tokenizer as tokenizer_lib
 from models.errors import IncompatibleModelsError
-from models.gguf_loader import open_gguf
 from models.loading import check_compatible, load_tokenizer
-from models.tokenizer import GEMMA_TEMPLATE, Tokenizer, build_byte_level_bpe, from_files
+from models.loading import tokenizer as tokenizer_lib
+from models.loading.gguf_loader import open_gguf
+from models.loading.tokenizer import GEMMA_TEMPLATE, Tokenizer, build_byte_level_bpe, from_files
 
 DATA = Path(__file__).parent / "data"
 SPACE = "\u2581"

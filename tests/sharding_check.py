@@ -32,9 +32,10 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from experiments import mesh as mesh_lib  # noqa: E402
-from models import adapter, decoder, testing  # noqa: E402
-from models.loading import LoadedModel  # noqa: E402
+from experiments.common import mesh as mesh_lib
+from models import adapter, testing
+from models.arch import decoder
+from models.loaded import LoadedModel
 from rsd_jax import decode, methods, sharding, transforms  # noqa: E402
 from rsd_jax import generation as gen  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Multi-device decoding (rsd_jax.sharding, models.sharding).
+"""Multi-device decoding (rsd_jax.sharding, models.arch.sharding).
 
 The 8-device checks run ``python -m tests.sharding_check`` in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (JAX fixes its device count when it
@@ -30,13 +30,24 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from experiments import runner, sources
+from experiments.common import records as records_lib
 from experiments.configs import default
-from models import decoder, testing
-from models import sharding as model_sharding
+from experiments.speculative import job as runner
+from experiments.speculative import settings as spec_settings
+from experiments.speculative import sources
+from experiments.speculative import workdir as workdir_lib
+from models import testing
+from models.arch import decoder
+from models.arch import sharding as model_sharding
 from rsd_jax import generation as gen
 from rsd_jax import sharding, transforms
 from tests import sharding_check as check
+
+
+def run_job(config, workdir, **kw):
+    """The speculative job on a config (checked into settings first, as experiments.run does)."""
+    return runner.run(spec_settings.from_config(config), workdir, **kw)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_TOLERANCE = 1e-4  # float32 K/V of a 2-layer model: only the reduction order differs
@@ -260,7 +271,7 @@ def test_runner_mesh_key(tmp_path):
 
     def go(mesh, workdir):
         config = default.get_config(f"{arg},mesh={mesh}")
-        return runner.run(
+        return run_job(
             config, workdir, model_source=model_source, prompt_source=prompt_source,
             log=lambda _: None,
         )  # fmt: skip
@@ -271,5 +282,7 @@ def test_runner_mesh_key(tmp_path):
         go("1x4", tmp_path / "too_many")
     go("", tmp_path / "plain")
     go("1x1", tmp_path / "mesh")
-    plain, meshed = (runner.load_records(tmp_path / d / runner.RESULTS) for d in ("plain", "mesh"))
+    plain, meshed = (
+        records_lib.load_records(tmp_path / d / workdir_lib.RESULTS) for d in ("plain", "mesh")
+    )
     assert plain and [r["tokens"] for r in plain.values()] == [r["tokens"] for r in meshed.values()]

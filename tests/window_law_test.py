@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from models import decoder, testing
-from models.loading import LoadedModel
+from models import testing
+from models.arch import decoder
+from models.loaded import LoadedModel
 from tests import lawcheck
 from tests import models_draft_vocab_test as dv
 

@@ -71,7 +71,7 @@ SPECULATIVE_SECTIONS = {
         target="qwen2.5-coder-1.5b",  # preset name or local path (.gguf / safetensors dir)
         draft="qwen2.5-coder-0.5b",
         draft_vocab=0,  # N > 0: the draft scores only its N most frequent ids + specials (exact)
-        target_weights="float",  # tiled: float32 in tiles (models.tiled_matmul; same model)
+        target_weights="float",  # tiled: float32 in tiles (models.kernels.tiled_matmul; same model)
         draft_weights="float",  # tiled | int8: int8 = a coarser, cheaper draft (still exact)
         dtype="float32",
         scan_layers=False,  # blocks under one scan: faster compiles, slower calls on CPU
@@ -127,8 +127,9 @@ def speculative(arg: str | None, **overrides) -> ml_collections.ConfigDict:
     """A config of the ``speculative`` job: :data:`SPECULATIVE_DEFAULTS` updated by the
     config module's ``overrides``, then by the command line's ``k=v`` string ``arg``.
 
-    Values are range-checked by :func:`experiments.validate.validate`, which the runner
-    calls before it loads or writes anything."""
+    Values are range-checked by :func:`experiments.speculative.settings.from_config`,
+    which ``experiments.run`` calls before it loads or writes anything, and turned into the
+    job's typed settings."""
     unknown = set(overrides) - set(SPECULATIVE_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown speculative config keys {sorted(unknown)}")

@@ -4,7 +4,7 @@ Draft Qwen2.5-Coder-0.5B-Instruct -> target Qwen2.5-Coder-1.5B-Instruct (presets
 (3 HumanEval, 3 ShareGPT chat; ``num_prompts`` is the total, spread round-robin over
 ``dataset``), 96 new tokens, the paper's sampling for code and chat (``sampling=paper``:
 T=1.0, top-p 0.95), and AR, SD (L=5), MRS and SpecTr (2x3), RSD-C (2-1-1-1) and RSD-S
-(W=2, L=4). Weights (models/quantize.py): the target's float32 in tiles
+(W=2, L=4). Weights (models/arch/quantize.py): the target's float32 in tiles
 (``target_weights=tiled``: the same model to float rounding; scoring a tree of up to 6
 tokens costs little more than one token on a CPU) and the draft's as int8
 (``draft_weights=int8``: a call costs r ~ 0.15-0.2 of a target call instead of 0.32-0.37;
@@ -15,7 +15,7 @@ Other tasks of the paper: ``dataset=humaneval+chat+summarise+translate+shakespea
 Set-up once (models, then data):
 
     python -m models.prepare qwen2.5-coder-0.5b qwen2.5-coder-1.5b
-    python -m experiments.datasets fetch
+    python -m experiments.data fetch
 
 Launch (about 12 minutes on 2 cores, models and data fetched, compilation included):
 

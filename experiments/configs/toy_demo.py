@@ -11,7 +11,7 @@ target's table the draft shares, in [0, 1]), ``rounds`` (independent rounds per
 method), ``draft_cost`` (``r`` for MBSU), ``seed``, ``methods`` (``+``-separated,
 syntax of ``rsd_jax.methods.parse``, ``/tv`` included; AR is always the first row).
 A value out of range (e.g. ``agreement`` outside [0, 1], ``vocab < 3``, ``alpha <= 0``)
-fails before anything runs; the ranges are in ``experiments/validate.py``.
+fails before anything runs; the ranges are in ``experiments/common/checks.py``.
 """
 
 from experiments.configs import common

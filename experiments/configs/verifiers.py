@@ -9,7 +9,7 @@ identical trees, next to the sampled block efficiency of each method. Probes cos
 token rates of this config are not for speed comparisons. Run it at T=1 and at T=0.3.
 
 Set-up: ``python -m models.prepare qwen2.5-coder-0.5b qwen2.5-coder-1.5b`` and
-``python -m experiments.datasets fetch``. Launch:
+``python -m experiments.data fetch``. Launch:
 
     python -m experiments.run --config=experiments/configs/verifiers.py:temperature=1.0 --workdir=/tmp/rsd_verifiers_t1
     python -m experiments.run --config=experiments/configs/verifiers.py:temperature=0.3 --workdir=/tmp/rsd_verifiers_t03

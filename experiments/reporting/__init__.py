@@ -1,0 +1,1 @@
+"""What a run reports: bootstrap statistics and quality scores, markdown tables, plots."""

@@ -1,0 +1,1 @@
+"""Developer tools: ``python -m experiments.tools.api_docs`` writes docs/api.md."""

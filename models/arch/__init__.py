@@ -1,0 +1,1 @@
+"""The networks: `ModelConfig`, the Flax decoder and its blocks, weight layouts, sharding rules."""
