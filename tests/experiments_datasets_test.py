@@ -122,7 +122,7 @@ def test_missing_data_names_the_fetch_command(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_installed_file", lambda source: None)
     monkeypatch.setattr(datasets, "_PARSED", {})
     with pytest.raises(
-        datasets.DatasetMissingError, match="experiments.data.datasets fetch shakespeare"
+        datasets.DatasetMissingError, match="python -m experiments.data fetch shakespeare"
     ):
         datasets.load_prompts("shakespeare", 2, 0)
     with pytest.raises(ValueError, match="unknown dataset"):

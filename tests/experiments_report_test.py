@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from experiments.reporting import tables as report
-from experiments.speculative import plan
+from experiments.speculative import plan, summary
 
 
 def _rec(generated, calls):
@@ -36,7 +36,7 @@ def test_auto_is_compared_with_the_best_rival_at_its_budget():
         for t, vals in per_method.items()
         for k, v in zip(keys, vals, strict=True)
     }
-    (row,) = report.auto_vs_hand_picked(_specs(), keys, records, samples=200)
+    (row,) = summary.auto_vs_hand_picked(_specs(), keys, records, samples=200)
     assert row["budget"] == 6 and row["best"] == "B=6 sd:4"
     assert row["auto_block_efficiency"] == pytest.approx(3.3)
     assert row["best_block_efficiency"] == pytest.approx(3.0)
@@ -56,6 +56,6 @@ def test_a_missing_prompt_is_left_out_of_both_sides():
         "p1|sd:4": _rec(10, 10),  # p1 has no auto record: excluded from every side
         "p1|rsd_c:2-2": _rec(10, 10),
     }
-    (row,) = report.auto_vs_hand_picked(_specs(), keys, records, samples=50)
+    (row,) = summary.auto_vs_hand_picked(_specs(), keys, records, samples=50)
     assert row["num_prompts"] == 1 and row["ratio"] == pytest.approx(0.5)
-    assert report.auto_vs_hand_picked(_specs()[:3], keys, records, 50) == []  # no auto spec
+    assert summary.auto_vs_hand_picked(_specs()[:3], keys, records, 50) == []  # no auto spec

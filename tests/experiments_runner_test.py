@@ -307,8 +307,8 @@ def test_second_lock_on_a_workdir_fails_fast_and_is_released_on_exit(tmp_path):
 
 def test_a_concurrent_run_in_another_process_is_refused_until_it_dies(tmp_path):
     script = (
-        "import sys\nfrom pathlib import Path\nfrom experiments import runner\n"
-        "with records_lib.workdir_lock(Path(sys.argv[1])):\n"
+        "import sys\nfrom pathlib import Path\nfrom experiments.common import records\n"
+        "with records.workdir_lock(Path(sys.argv[1])):\n"
         "    print('locked', flush=True)\n    sys.stdin.readline()\n"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))

@@ -12,7 +12,8 @@ from experiments import run
 from experiments.common import strict_json
 from experiments.configs import toy_demo as toy_demo_config
 from experiments.speculative import shape_search
-from experiments.toy_demo.job import job as toy_demo
+from experiments.toy_demo import job as toy_demo
+from experiments.toy_demo import settings as toy_settings
 
 
 def _reject(token):
@@ -44,9 +45,10 @@ def test_calibration_table_with_unmeasured_cells_round_trips():
 
 def test_toy_demo_summary_is_standard_json(tmp_path):
     config = toy_demo_config.get_config("rounds=200,methods=sd:2")
-    rows = toy_demo.run(config)
+    settings = toy_settings.from_config(config)
+    rows = toy_demo.run(settings)
     assert math.isnan(rows[0]["tv_first"])  # AR has no TV: the value that used to be NaN
-    path = run.save_toy_summary(str(tmp_path), config, rows)
+    path = run.save_toy_summary(str(tmp_path), settings, rows)
     with open(path) as f:
         stored = strict_loads(f.read())
     assert stored["rows"][0]["tv_first"] is None

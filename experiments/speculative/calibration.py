@@ -29,7 +29,7 @@ def calibrate(
     text = f"rsd_c:{settings.auto.shape}"
     method = methods.parse(text)
     tokens = settings.auto.tokens
-    settings = dict(method=text, prompts=[p.key for p in prompts], max_new=tokens)
+    stored_as = dict(method=text, prompts=[p.key for p in prompts], max_new=tokens)
     path = workdir / CALIBRATION
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -48,7 +48,7 @@ def calibrate(
         counts.append(rec["rank_count"])
     table = shape_search.calibration_table(sums, counts)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(strict_json.dumps({"settings": settings, "table": table.to_json()}, indent=2))
+    tmp.write_text(strict_json.dumps({"settings": stored_as, "table": table.to_json()}, indent=2))
     tmp.replace(path)
     return table
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jax
 
-KERNELS = Path(__file__).with_name("kernels")
+KERNELS = Path(__file__).parent  # the C++ sources lie beside this module
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w")
 
 

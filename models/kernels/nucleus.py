@@ -8,10 +8,10 @@ from the same laws. Why a kernel: the bisection makes 32 masked sums over the ro
 0.55 ms per row of 152k ids on this project's 2-core CPU, and a round scores up to ~30 rows
 (every draft node that is expanded and every node the target scores), which made the
 sampling transforms the largest cost of a wide tree's round outside the model calls.
-`kernels/nucleus.cc` bins each row's mass by the top 12 bits of its bit patterns and sorts
-only the bin that holds the threshold: about two passes over the row, rows in parallel
-(docs/speed.md). Its sums are float64 where the bisection's are float32, so the two can
-differ only for a nucleus whose mass lies within float32 rounding of ``top_p``.
+`nucleus.cc` (beside this module) bins each row's mass by the top 12 bits of its bit
+patterns and sorts only the bin that holds the threshold: about two passes over the row,
+rows in parallel (docs/speed.md). Its sums are float64 where the bisection's are float32, so
+the two can differ only for a nucleus whose mass lies within float32 rounding of ``top_p``.
 
 It is compiled on first use and cached (`models.kernels.native`); where it cannot be built (no
 compiler, not x86) and off the CPU the bisection runs instead. ``RSD_JAX_NUCLEUS_KERNEL=0``

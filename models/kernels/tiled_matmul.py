@@ -11,15 +11,16 @@ Why a kernel: XLA:CPU converts an int8 (or bfloat16) dot operand to float32 in m
 the product, so an int8 matrix costs *more* than a float32 one there (measured: 3.4x on a
 896 x 4864 matrix, 13x on a 896 x 32,768 head); and its product of 2-32 rows packs the
 matrix and streams it ~1.4x slower than its one-row product, which is what scoring a draft
-tree pays. `kernels/tiled_matmul.cc` is an XLA FFI custom call that reads each weight once
-per call for up to 6 rows, widening int8 in registers (AVX-512, OpenMP over column blocks):
+tree pays. `tiled_matmul.cc` (beside this module) is an XLA FFI custom call that reads each
+weight once per call for up to 6 rows, widening int8 in registers (AVX-512, OpenMP over column
+blocks):
 on this project's 2-core machine 4-6x faster than XLA's float32 product for an int8 matrix,
 and for float32 as fast at one row and ~1.2x its one-row time at 6 rows where XLA takes
 ~1.5x (docs/speed.md). It is compiled on first use with the system C++ compiler for the
 machine at hand and cached (`models.kernels.native`). Where it cannot be built (no
-compiler, no AVX-512, not x86) or off the CPU (GPU/TPU, where XLA fuses the conversion into the product), the same
-product runs as an XLA einsum on the tiled layout. ``RSD_JAX_TILED_KERNEL=0`` turns the
-kernel off. Both paths agree to float rounding.
+compiler, no AVX-512, not x86) or off the CPU (GPU/TPU, where XLA fuses the conversion into
+the product), the same product runs as an XLA einsum on the tiled layout.
+``RSD_JAX_TILED_KERNEL=0`` turns the kernel off. Both paths agree to float rounding.
 """
 
 from __future__ import annotations
