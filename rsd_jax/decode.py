@@ -48,10 +48,12 @@ class Counters(NamedTuple):
       generated: tokens emitted (may exceed ``max_new_tokens`` by up to ``L``).
       accepted_hist: rounds by number of accepted draft tokens ``0..L``.
       nodes_scored: draft nodes the target scored (budget ``B`` per round).
-      nonfinite_target: rounds whose target logits held a NaN or an infinity; such a round
-        emits nothing and stops its row (the drivers then raise, naming it).
-      nonfinite_draft: rounds whose draft logits held a NaN or an infinity (still exact:
-        any draft law is, but acceptance suffers; reports warn).
+      nonfinite_target: rounds whose target logits were not a law: a NaN, a ``+inf``, or a
+        position with no finite logit (``-inf`` is probability 0 and fine: it is how a
+        model masks ids). Such a round emits nothing and stops its row (the drivers then
+        raise, naming it).
+      nonfinite_draft: rounds whose draft logits were not a law in the same sense (still
+        exact: any draft law is, but acceptance suffers; reports warn).
       zero_prob_draft: rounds in which a drafted node's recorded draft probability was 0.
         The verifiers reject such nodes (fail closed: a token the draft law never
         proposes cannot be checked against it). A correct engine never drafts one, so a
@@ -162,10 +164,10 @@ class Engine:
         """Scores ``tokens`` ``[B, T]`` written from cache slot ``start`` ``[B]`` with ``mask``.
 
         The unit every model call of a round is made of. Returns ``(probs [B, T, V], cache,
-        finite [B])``, ``finite`` saying whether a row's logits were all finite.
+        lawful [B])``, ``lawful`` saying whether a row's logits were laws (:func:`lawful_rows`).
         """
         logits, cache = apply(params, tokens, positions, mask, kv_cache.set_index(cache, start))
-        return self.probs(state, logits), cache, _finite_rows(logits)
+        return self.probs(state, logits), cache, lawful_rows(logits)
 
     def draft(self, state: DecodeState, draft_params, keys: Array):
         """Phase 1: every row's draft tree and the draft law at its internal nodes.
@@ -175,8 +177,8 @@ class Engine:
         ``l >= 1`` scores that level's nodes with tree attention on the draft cache.
 
         Returns:
-          ``(tree, draft_probs [B, N+1, V], draft_cache, finite [B])``, ``finite`` saying
-          whether every draft logit of a row was finite.
+          ``(tree, draft_probs [B, N+1, V], draft_cache, lawful [B])``, ``lawful`` saying
+          whether every draft call of a row gave laws (:func:`lawful_rows`).
         """
         spec = self.method.spec
         rows, n = jnp.arange(state.length.shape[0]), state.length
@@ -193,7 +195,7 @@ class Engine:
                 logits, cache = self.draft_apply(
                     draft_params, toks, pos, mask, kv_cache.set_index(cache, start)
                 )
-                return self.probs(state, logits[:, 1:2]), (cache, _finite_rows(logits))
+                return self.probs(state, logits[:, 1:2]), (cache, lawful_rows(logits))
             sl = spec.level_slice(level)
             anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, spec.depth)
             pos = jnp.broadcast_to((n + level)[:, None], (rows.shape[0], sl.stop - sl.start))
@@ -215,7 +217,7 @@ class Engine:
     def score_tree(self, state: DecodeState, tree, target_params):
         """Phase 2: one target call over root + all nodes (ancestor mask, depth positions),
         written at slots ``n .. n+N``. Returns ``(target_probs [B, N+1, V], target_cache,
-        finite [B])``."""
+        lawful [B])``."""
         n = state.length
         cap = kv_cache.capacity(state.target_cache)
         anc = jax.vmap(tree_lib.ancestor_mask, (0, None))(tree.parents, self.method.spec.depth)
@@ -240,9 +242,9 @@ class Engine:
         """Phase 4: moves the accepted nodes' KV to slots ``n+1 ..`` in both caches, appends
         the emitted tokens, and counts the round (finished rows change nothing).
 
-        A row whose target logits were not all finite (``target_ok`` False) emits nothing,
-        is stopped and counted in ``nonfinite_target``: its law is undefined, so no token
-        may come out of it. ``draft_ok`` False and ``zero_draft`` True (a drafted node of
+        A row whose target logits were not laws (``target_ok`` False: a NaN, a ``+inf`` or
+        a position without a finite logit) emits nothing, is stopped and counted in
+        ``nonfinite_target``: its law is undefined, so no token may come out of it. ``draft_ok`` False and ``zero_draft`` True (a drafted node of
         recorded probability 0, see `zero_prob_nodes`) are only counted.
         """
         spec = self.method.spec
@@ -329,6 +331,13 @@ def zero_prob_nodes(tree, draft_probs: Array) -> Array:
     return jnp.any(child & (p <= 0), axis=1)
 
 
-def _finite_rows(logits: Array) -> Array:
-    """``[B]``: whether every logit of a row (``[B, T, V]``) is finite."""
-    return jnp.all(jnp.isfinite(logits), axis=(1, 2))
+def lawful_rows(logits: Array) -> Array:
+    """``[B]``: whether every position of a row (``logits [B, T, V]``) defines a law.
+
+    ``-inf`` is probability 0 (how a model masks ids, e.g. ``jnp.where(mask, logits,
+    -jnp.inf)``), so it is allowed; a NaN, a ``+inf`` or a position whose logits are all
+    ``-inf`` leave the softmax undefined.
+    """
+    broken = jnp.isnan(logits) | (logits == jnp.inf)
+    some_mass = jnp.any(jnp.isfinite(logits), axis=2)  # [B, T]
+    return ~jnp.any(broken, axis=(1, 2)) & jnp.all(some_mass, axis=1)

@@ -218,25 +218,38 @@ def unfinished(state: decode.DecodeState) -> Array:
 
 
 class NonFiniteLogitsError(FloatingPointError):
-    """The target's logits held a NaN or an infinity: the row's law is undefined."""
+    """The target's logits held a NaN, a ``+inf`` or a position with no finite logit: the
+    row's law is undefined (``-inf`` alone is probability 0 and never an error)."""
+
+
+NAMED_ROWS = 5  # an error names this many rows, then counts the rest
+
+
+def _rows_text(rows: np.ndarray, describe) -> str:
+    """``describe(row)`` of the first :data:`NAMED_ROWS` rows, then how many more."""
+    text = ", ".join(describe(b) for b in rows[:NAMED_ROWS])
+    more = len(rows) - NAMED_ROWS
+    return text + (f" and {more} more" if more > 0 else "")
 
 
 def check_finished(state: decode.DecodeState) -> None:
-    """Raises for rows stopped by non-finite target logits (:class:`NonFiniteLogitsError`,
-    naming row and round) or that ran out of rounds before finishing (RuntimeError)."""
+    """Raises for rows stopped by target logits that were not a law
+    (:class:`NonFiniteLogitsError`) or that ran out of rounds before finishing
+    (RuntimeError); the message counts the rows and names the first few."""
     bad = np.flatnonzero(np.asarray(state.counters.nonfinite_target))
     if bad.size:
         rounds = np.asarray(state.round)
-        rows = ", ".join(f"row {b} in round {rounds[b]}" for b in bad)
+        rows = _rows_text(bad, lambda b: f"row {b} in round {rounds[b]}")
         raise NonFiniteLogitsError(
-            f"the target model's logits were NaN or infinite ({rows}); those rows were "
-            "stopped and emitted nothing from that round on. Check the model's weights "
-            "(e.g. a damaged or overflowing conversion) and the dtype"
+            f"the target model's logits held a NaN, a +inf or a position without a finite "
+            f"logit in {bad.size} of {rounds.size} rows ({rows}); those rows were stopped "
+            "and emitted nothing from that round on. Check the model's weights (e.g. a "
+            "damaged or overflowing conversion) and the dtype"
         )
     stuck = np.flatnonzero(~np.asarray(state.done))
     if stuck.size:
         rounds, gen = np.asarray(state.round), np.asarray(state.counters.generated)
-        rows = ", ".join(f"row {b}: {gen[b]} tokens in {rounds[b]} rounds" for b in stuck)
+        rows = _rows_text(stuck, lambda b: f"row {b}: {gen[b]} tokens in {rounds[b]} rounds")
         raise RuntimeError(
             f"decoding stopped without finishing ({rows}): a round emitted nothing, which "
             "a correct engine never does; please report it"

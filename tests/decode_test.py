@@ -220,27 +220,94 @@ def test_rounds_that_emit_nothing_stop_at_the_budget_and_are_reported(driver, mo
         )  # fmt: skip
 
 
-def _nan_row_zero(apply):
-    """``apply`` whose logits for batch row 0 are NaN (a broken model, on one row)."""
+def _nan_row_zero(apply, value=jnp.nan, where=slice(None)):
+    """``apply`` whose logits for batch row 0 are ``value`` at ids ``where`` (a broken
+    model, on one row; by default NaN everywhere)."""
 
     def broken_apply(params, tokens, positions, mask, cache):
         logits, cache = apply(params, tokens, positions, mask, cache)
-        return logits.at[0].set(jnp.nan), cache
+        return logits.at[0, :, where].set(value), cache
 
     return broken_apply
 
 
+NOT_A_LAW = {  # logits that define no law: (value, ids it is written at)
+    "nan": (jnp.nan, slice(None)),
+    "nan one id": (jnp.nan, 1),
+    "+inf one id": (jnp.inf, 2),
+    "all -inf": (-jnp.inf, slice(None)),
+}
+
+
 @pytest.mark.parametrize("method", ["ar", "sd:2", "rsd_s:2x2/tv"])
 @pytest.mark.parametrize("driver", ["while", "python"])
-def test_nonfinite_target_logits_stop_the_row_and_raise(method, driver):
+@pytest.mark.parametrize("corruption", NOT_A_LAW)
+def test_nonfinite_target_logits_stop_the_row_and_raise(method, driver, corruption):
     """No silent stream of wrong tokens: the row stops and the error names it."""
     target, draft, _ = testing.toy_pair()
-    broken = target._replace(apply=_nan_row_zero(target.apply))
-    with pytest.raises(gen.NonFiniteLogitsError, match=r"\(row 0 in round 1\)"):
+    broken = target._replace(apply=_nan_row_zero(target.apply, *NOT_A_LAW[corruption]))
+    with pytest.raises(gen.NonFiniteLogitsError, match=r"1 of 2 rows \(row 0 in round 1\)"):
         gen.generate(
             broken, None if method == "ar" else draft, [[1, 2, 3], [0, 3]], method,
             key=jax.random.PRNGKey(0), max_new_tokens=6, driver=driver,
         )  # fmt: skip
+
+
+def test_an_error_names_a_few_rows_and_counts_the_rest():
+    target, _, _ = testing.toy_pair()
+    broken = target._replace(apply=_nan_all_rows(target.apply))
+    with pytest.raises(gen.NonFiniteLogitsError) as e:
+        gen.generate(broken, None, [[1, 2]] * 60, "ar", key=jax.random.PRNGKey(0), max_new_tokens=2)
+    text = str(e.value)
+    assert "in 60 of 60 rows (row 0 in round 1, row 1 in round 1" in text
+    assert "row 4 in round 1 and 55 more)" in text and "row 5 " not in text
+
+
+def _nan_all_rows(apply):
+    def broken_apply(params, tokens, positions, mask, cache):
+        logits, cache = apply(params, tokens, positions, mask, cache)
+        return logits * jnp.nan, cache
+
+    return broken_apply
+
+
+def _masked_pair(seed: int):
+    """Toy tables with exact zeros, which the toy model turns into ``-inf`` logits: the
+    target's and the draft's supports differ (and the draft proposes ids the target
+    forbids)."""
+    rng = np.random.default_rng(seed)
+    target = toy.random_table(rng, V, 3, alpha=0.6, zero_frac=0.4)
+    draft = toy.random_table(rng, V, 3, alpha=0.6, zero_frac=0.4)
+    assert (target == 0).any() and (draft == 0).any() and ((draft > 0) & (target == 0)).any()
+    return toy.as_model(target), toy.as_model(draft), target
+
+
+MASKED_METHODS = ["ar", "sd:3", "mrs:2x2", "spectr:2x2", "rsd_c:2-2", "rsd_s:3x2", "rsd_c:2-1-1/tv"]
+
+
+@pytest.mark.parametrize("method", MASKED_METHODS)
+def test_minus_inf_logits_are_probability_zero_and_the_law_is_exact(method):
+    """A model that writes its zero probabilities as ``-inf`` logits (the usual vocabulary
+    mask) generates, never raises, is not counted as a broken draft, and every method's
+    first three tokens follow the target's law (chi-square at ALPHA, 3 x 10^4 draws)."""
+    target, draft, table = _masked_pair(seed=5)
+    prompt = [1, 3, 0]
+    counts, out = _first_tokens_counts(method, prompt, 30_000, 2, target, draft)
+    assert not out.counters.nonfinite_draft.any() and not out.counters.nonfinite_target.any()
+    law = lawcheck.target_law(table, tuple(prompt), 3)
+    assert (law == 0).any()  # impossible sequences exist, and must never come out
+    assert counts[law == 0].sum() == 0
+    assert lawcheck.chi2_pvalue(counts, law) >= lawcheck.ALPHA
+
+
+def test_minus_inf_law_negative_control():
+    """The same test on the same masked models rejects RSD-C verified with raw p."""
+    target, draft, table = _masked_pair(seed=5)
+    bad = methods.Method("RSD-C/raw-p", methods.tree_lib.branching((3, 2)), broken.RRS_RAW_P)
+    prompt = [1, 3, 0]
+    counts, _ = _first_tokens_counts(bad, prompt, 30_000, 2, target, draft)
+    law = lawcheck.target_law(table, tuple(prompt), 3)
+    assert lawcheck.chi2_pvalue(counts, law) < lawcheck.ALPHA
 
 
 def test_nonfinite_draft_logits_are_counted_and_output_stays_exact():

@@ -183,7 +183,8 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
     nonfinite = sorted(k for k, r in records.items() if r.get("nonfinite_draft_rounds"))
     if nonfinite:
         log(
-            f"warning: the draft's logits were NaN or infinite in some rounds of {len(nonfinite)}"
+            f"warning: the draft's logits were no law (a NaN, a +inf or no finite logit) in "
+            f"some rounds of {len(nonfinite)}"
             f" records (e.g. {nonfinite[0]}); outputs stay exact but acceptance drops there"
         )
     zero = sorted(k for k, r in records.items() if r.get("zero_prob_draft_rounds"))
