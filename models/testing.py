@@ -184,3 +184,31 @@ def write_tiny_tokenizer_files(directory: str | os.PathLike, chat_template: str)
     cfg = {"eos_token": SPECIALS[2], "bos_token": SPECIALS[1], "pad_token": SPECIALS[0]}
     cfg["chat_template"] = chat_template
     (directory / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_pair(directory: str | os.PathLike, agreement: float = 0.8) -> tuple[Path, Path]:
+    """A tiny target and a draft near it (``agreement`` of the target's weights plus noise)
+    as qwen2 GGUF files with the tiny byte-level tokenizer and a ChatML template; returns
+    ``(target_path, draft_path)``. Text in, text out on a few hundred KB."""
+    import jax
+
+    from models.arch import decoder
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = tiny_config("qwen2")
+    target = decoder.init_params(config, jax.random.PRNGKey(0), noise=0.3)
+    other = decoder.init_params(config, jax.random.PRNGKey(1), noise=0.3)
+    draft = jax.tree.map(lambda t, o: agreement * t + (1 - agreement) * o, target, other)
+    paths = []
+    for name, params in (("target", target), ("draft", draft)):
+        paths.append(
+            write_tiny_gguf(directory / f"tiny-{name}.gguf", config, params, chat_template=CHATML)
+        )
+    return paths[0], paths[1]

@@ -181,3 +181,19 @@ def test_data_files_are_pinned_by_sha256(tmp_path, monkeypatch):
     path.write_bytes(b"\x1f\x8b altered!!")  # same size, other bytes: hashed again
     with pytest.raises(datasets.DatasetCorruptError):
         datasets.locate("humaneval")
+
+
+def test_show_on_a_damaged_download_is_one_line(tmp_path, monkeypatch, capsys):
+    """``python -m experiments.data show chat`` with a truncated cached file: exit 1 and one
+    line naming the file and the fetch command, no traceback."""
+    from experiments.data import __main__ as cli
+
+    monkeypatch.setenv("RSD_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(datasets, "_PARSED", {})
+    path = datasets.cached_file("sharegpt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('[{"id": "cut sh')
+    assert cli.main(["show", "chat"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0]
+    assert "python -m experiments.data fetch --force sharegpt" in err[0]

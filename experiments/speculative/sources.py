@@ -63,44 +63,54 @@ def float32_equivalent(params) -> int:
 
 
 def real_models(setup: Models) -> Bundle:
-    """Loads ``setup.draft`` and ``setup.target`` (presets or local paths), checks
-    that they share a tokenizer, restricts the draft's head to ``setup.draft_vocab``
-    ids when it is not 0 (:mod:`models.arch.head`) and stores the weights as
-    ``target_weights`` / ``draft_weights`` say (:mod:`models.arch.quantize`)."""
+    """Loads ``setup.target`` and ``setup.draft`` (presets or local paths; ``draft=""``: none,
+    AR only), checks that they share a tokenizer, restricts the draft's head to
+    ``setup.draft_vocab`` ids when it is not 0 (:mod:`models.arch.head`) and stores the
+    weights as ``target_weights`` / ``draft_weights`` say (:mod:`models.arch.quantize`).
+
+    Raises:
+      models.errors.ModelFileError: a name that is neither a preset nor a model file.
+      models.errors.IncompatibleModelsError: the tokenizers differ (the first difference
+        named).
+    """
     from models import adapter, loading
     from models.arch import head as head_lib
     from models.arch import quantize
 
     kw = dict(dtype=setup.dtype, scan_layers=setup.scan_layers)
     target = loading.load_model(setup.target, **kw)
-    draft = loading.load_model(setup.draft, **kw)
-    loading.check_compatible(draft, target)
-    if setup.draft_vocab and not draft.config.head_vocab:
-        # A draft exported with its own restricted head (e.g. by the distill job) keeps it.
-        ids = vocab.draft_vocab_ids(
-            draft.tokenizer, draft.config.valid_vocab_size, setup.draft_vocab
-        )
-        draft = head_lib.restrict_head(draft, ids)
+    draft = None
+    if setup.draft:
+        draft = loading.load_model(setup.draft, **kw)
+        loading.check_compatible(draft, target)
+        if setup.draft_vocab and not draft.config.head_vocab:
+            # A draft exported with its own restricted head (the distill job's) keeps it.
+            ids = vocab.draft_vocab_ids(
+                draft.tokenizer, draft.config.valid_vocab_size, setup.draft_vocab
+            )
+            draft = head_lib.restrict_head(draft, ids)
+        draft = quantize.convert(draft, setup.draft_weights)
     target = quantize.convert(target, setup.target_weights)
-    draft = quantize.convert(draft, setup.draft_weights)
     tok = target.tokenizer
     eos = tok.eos_id if tok is not None else target.config.eos_id
-    tp, dp = float32_equivalent(target.params), float32_equivalent(draft.params)
+    tp = float32_equivalent(target.params)
+    dp = 0 if draft is None else float32_equivalent(draft.params)
     info = {
         "target": setup.target,
         "draft": setup.draft,
         "target_params": tp,
         "draft_params": dp,
         "target_config": target.config.to_json(),
-        "draft_config": draft.config.to_json(),
+        "draft_config": None if draft is None else draft.config.to_json(),
     }
     for role in ("target", "draft"):  # local files: results are tied to their content
-        digest = loading.content_digest(getattr(setup, role))
+        name = getattr(setup, role)
+        digest = loading.content_digest(name) if name else None
         if digest is not None:
             info[f"{role}_sha256"] = digest
     return Bundle(
         adapter.to_rsd_model(target),
-        adapter.to_rsd_model(draft, vocab_size=target.config.vocab_size),
+        None if draft is None else adapter.to_rsd_model(draft, vocab_size=target.config.vocab_size),
         tok,
         int(eos),
         int(target.config.valid_vocab_size),

@@ -23,7 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "docs" / "api.md"
 
 # The library surface: the model-agnostic core, then the networks and their loaders.
-# Entry points (models.prepare, models.benchmark, experiments.*) are documented by --help.
+# Entry points (models.prepare, models.benchmark, experiments.*) are documented by --help;
+# the text API (experiments.text) is the one Python surface of experiments/.
 MODULES = (
     "rsd_jax",
     "rsd_jax.interface",
@@ -65,6 +66,9 @@ MODULES = (
     "models.adapter",
     "models.errors",
     "models.toy",
+    "experiments.text",
+    "experiments.text.generator",
+    "experiments.text.results",
 )
 
 HEADER = """\
