@@ -197,3 +197,20 @@ def test_show_on_a_damaged_download_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0]
     assert "python -m experiments.data fetch --force sharegpt" in err[0]
+
+
+def test_export_writes_a_prompt_file_for_the_text_cli(tmp_path, monkeypatch, capsys):
+    from experiments.data import __main__ as cli
+
+    monkeypatch.setattr(cli, "load_prompts", lambda name, num, seed: [
+        datasets.Prompt(f"{name}/{i}", name, f"{name} text {i}", name == "chat")
+        for i in range(num)
+    ])  # fmt: skip
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["export", "humaneval+chat", "--num=3", f"--out={out}"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["humaneval/0", "chat/0", "humaneval/1"]
+    assert lines[0]["prompt"] == "humaneval text 0"
+    assert lines[1]["messages"] == [{"role": "user", "content": "chat text 0"}]
+    with pytest.raises(SystemExit):  # an existing file is never overwritten
+        cli.main(["export", "humaneval", f"--out={out}"])
