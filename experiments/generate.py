@@ -12,6 +12,11 @@ and the acceptance at each depth; ``--compare_ar`` also decodes the prompt with 
 compiled first, untimed) and prints the speed ratio, and at T=0 whether the texts are equal.
 A prompt file (see :mod:`experiments.text.batch`) is written in input order and resumes
 after an interruption. Bad input ends in one line (``error: ...``), never a traceback.
+
+``--mesh=DxM`` runs on a device mesh; with ``--coordinator_address``, ``--num_processes``
+and ``--process_id`` (or a cluster JAX finds itself) it spans several processes, each
+running this same command; process 0 prints and writes (``--prompt`` and
+``--prompts_file``; a chat reads one terminal, so it runs as one process).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 
 from absl import app, flags
 
+from experiments.common import distributed
 from experiments.text.chat import session, stats_line
 from rsd_jax import methods
 
@@ -51,6 +57,8 @@ _DRAFT_WEIGHTS = flags.DEFINE_enum(
 )
 _DRAFT_VOCAB = flags.DEFINE_integer("draft_vocab", 0, "Restrict the draft head to N ids; 0 = all.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar of a prompt file.")
+_MESH = flags.DEFINE_string("mesh", "", "DATAxMODEL devices (all processes'); '' = one device.")
+distributed.define_flags()
 
 
 def _settings() -> dict:
@@ -73,16 +81,21 @@ def _check_flags() -> None:
 
 
 def _load():
+    from experiments.common import mesh as mesh_lib
     from experiments.text.generator import TextGenerator
 
+    try:
+        mesh = mesh_lib.mesh_from_string(_MESH.value)
+    except ValueError as e:
+        raise app.UsageError(f"--mesh: {e}") from None
     return TextGenerator.load(
         _TARGET.value, _DRAFT.value or None, dtype=_DTYPE.value,
         target_weights=_TARGET_WEIGHTS.value, draft_weights=_DRAFT_WEIGHTS.value,
-        draft_vocab=_DRAFT_VOCAB.value,
+        draft_vocab=_DRAFT_VOCAB.value, mesh=mesh,
     )  # fmt: skip
 
 
-def _one_prompt(tg, err) -> None:
+def _one_prompt(tg, err, out) -> None:
     prompt = _PROMPT.value
     if _CHAT_TEMPLATE.value:
         prompt = [{"role": "user", "content": prompt}]
@@ -94,9 +107,8 @@ def _one_prompt(tg, err) -> None:
         tg.warm_up([ids], ar)
     stream = tg.stream(prompt, _METHOD.value, **_settings())
     for piece in stream:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+        out(piece)
+    out("\n")
     done = stream.completion
     err(stats_line(_METHOD.value, done.stats) + f" finish: {done.finish_reason}")
     if _COMPARE.value:
@@ -130,6 +142,8 @@ def _prompt_file(tg, err) -> None:
         tg, lines, _OUTPUT.value, setup, batch_size=_BATCH.value, progress=_PROGRESS.value,
         compare=compare, log=err,
     )  # fmt: skip
+    if not summary:  # not process 0
+        return
     err(f"wrote {_OUTPUT.value}: {summary['lines']} lines ({summary['generated_now']} now)")
     if "tokens" in summary:
         err(f"{_METHOD.value}: {summary['tokens']} tokens in {summary['seconds']:.1f} s, "
@@ -145,9 +159,22 @@ def _prompt_file(tg, err) -> None:
 def main(argv):
     del argv
     _check_flags()
+    try:
+        joined = distributed.initialize_from_flags()
+    except distributed.DistributedError as e:
+        raise SystemExit(f"error: {e}") from None
+    if joined and _CHAT.value:
+        raise SystemExit("error: a chat reads one terminal: run it as one process")
+    main_process = distributed.is_main()
 
     def err(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        if main_process:
+            print(line, file=sys.stderr, flush=True)
+
+    def out(text: str) -> None:
+        if main_process:
+            sys.stdout.write(text)
+            sys.stdout.flush()
 
     from experiments.text.batch import BatchError
     from experiments.text.generator import GenerationError
@@ -156,9 +183,9 @@ def main(argv):
     try:
         tg = _load()
         if _PROMPT.value is not None:
-            _one_prompt(tg, err)
+            distributed.exit_on_peer_failure(lambda: _one_prompt(tg, err, out))
         elif _FILE.value is not None:
-            _prompt_file(tg, err)
+            distributed.exit_on_peer_failure(lambda: _prompt_file(tg, err))
         else:
             session(tg, _METHOD.value, _settings(), note=err)
     except (GenerationError, BatchError, ModelFileError, IncompatibleModelsError) as e:

@@ -4,6 +4,10 @@ The config's ``job`` names the package that runs it (:data:`JOBS`): each has a
 ``settings.from_config`` that checks every key and returns the job's typed settings, and a
 ``job.run`` that takes them. Flags, files, clocks and printing live here and in those
 packages. A bad config, a bad workdir or missing data end in one line, no traceback.
+
+Several processes (hosts) run one ``speculative`` job with ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` on each (none where JAX finds the cluster itself)
+and a config ``mesh`` spanning every process's devices; see docs/multi_device.md.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.common import strict_json
+from experiments.common import distributed, strict_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config .py file[:k=v,...].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results (optional for demos).")
@@ -26,6 +30,8 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "Directory of JAX's persistent compilation cache: a rerun or resumed sweep reuses "
     "the compiled steps (minutes per shape on CPU) instead of recompiling. '' disables.",
 )
+
+distributed.define_flags()
 
 # job -> (its package under experiments/, what its --workdir holds; None: no workdir needed)
 JOBS = {
@@ -93,6 +99,12 @@ def main(argv):
         raise app.UsageError(f"the {config.job} job needs --workdir=DIR ({needs})")
     from experiments.common.checks import ConfigError
 
+    try:
+        joined = distributed.initialize_from_flags()
+    except distributed.DistributedError as e:
+        raise SystemExit(f"error: {e}") from None
+    if joined and config.job != "speculative":
+        raise SystemExit(f"error: the {config.job} job runs as one process")
     settings_lib = importlib.import_module(f"experiments.{package}.settings")
     try:
         settings = settings_lib.from_config(config)
@@ -110,7 +122,7 @@ def main(argv):
     from experiments.data.datasets import DatasetMissingError
 
     try:
-        job.run(settings, _WORKDIR.value)
+        distributed.exit_on_peer_failure(lambda: job.run(settings, _WORKDIR.value))
     except (ValueError, DatasetMissingError, WorkdirBusyError) as e:
         # incompatible or busy workdir, damaged results, missing data, a mesh too large
         raise SystemExit(f"error: {e}") from None

@@ -55,7 +55,9 @@ def make_mesh(data: int, model: int, devices=None) -> Mesh:
 
     Devices are ordered by :func:`jax.experimental.mesh_utils.create_device_mesh`
     where it knows the topology (TPU, GPU), so the model axis, the chattier one,
-    gets the closest devices; elsewhere they are taken in ``jax.devices()`` order.
+    gets the closest devices; elsewhere they are taken in ``jax.devices()`` order. Over
+    several processes whose count divides ``data``, the data axis spans the processes and
+    the model axis stays within one (``create_hybrid_device_mesh``, a process per granule).
 
     Raises:
       ValueError: a size below 1, or ``data * model`` != the number of devices.
@@ -69,10 +71,16 @@ def make_mesh(data: int, model: int, devices=None) -> Mesh:
             f"{len(devices)} are available ({devices[0].platform}); on CPU, fake devices "
             f"come from XLA_FLAGS=--xla_force_host_platform_device_count=N set before jax starts"
         )
+    hosts = len({d.process_index for d in devices})
     try:
         from jax.experimental import mesh_utils
 
-        grid = mesh_utils.create_device_mesh((data, model), devices)
+        if hosts > 1 and data % hosts == 0 and len(devices) // hosts == data // hosts * model:
+            grid = mesh_utils.create_hybrid_device_mesh(
+                (data // hosts, model), (hosts, 1), devices, process_is_granule=True
+            )
+        else:
+            grid = mesh_utils.create_device_mesh((data, model), devices)
     except (ValueError, NotImplementedError, AssertionError):
         grid = np.asarray(devices, dtype=object).reshape(data, model)
     return Mesh(grid, (DATA, MODEL))

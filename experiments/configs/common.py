@@ -75,11 +75,12 @@ SPECULATIVE_SECTIONS = {
         draft_weights="float",  # tiled | int8: int8 = a coarser, cheaper draft (still exact)
         dtype="float32",
         scan_layers=False,  # blocks under one scan: faster compiles, slower calls on CPU
-        mesh="",  # DATAxMODEL devices, e.g. 1x8 (data 1: one prompt at a time); "" = one device
+        mesh="",  # DATAxMODEL devices of every process, e.g. 1x8 or 2x4; "" = one device
     ),
     "prompts": dict(
         dataset="humaneval+chat+summarise+translate+shakespeare",
         num_prompts=5,  # in all, spread round-robin over the datasets in order
+        batch=1,  # prompts decoded together (same sampling); a multiple of the mesh's data axis
         max_new_tokens=32,
         max_prompt_tokens=128,  # user text longer than this keeps its head and tail
         chat_template="auto",  # auto (chat tasks) | always | never

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from experiments.common import strict_json
+from experiments.common import distributed, strict_json
 from experiments.speculative import shape_search
 from experiments.speculative.settings import Settings
 from experiments.speculative.timed import TimedGenerator, prompt_rng_key
@@ -31,14 +31,18 @@ def calibrate(
     tokens = settings.auto.tokens
     stored_as = dict(method=text, prompts=[p.key for p in prompts], max_new=tokens)
     path = workdir / CALIBRATION
-    if path.is_file():
+    reuse = None
+    if distributed.is_main() and path.is_file():  # process 0 decides, for every process
         stored = json.loads(path.read_text())
         old = stored.get("settings", {})
         same = (old.get("method"), old.get("max_new")) == (text, tokens)
         used = old.get("prompts", [])
         if same and len(used) == len(prompts) and not set(used) & {p.key for p in evaluated}:
             log(f"calibration reused from {path} (prompts {', '.join(used)})")
-            return shape_search.AcceptanceTable.from_json(stored["table"])
+            reuse = stored["table"]
+    reuse = distributed.broadcast_json(reuse)
+    if reuse is not None:
+        return shape_search.AcceptanceTable.from_json(reuse)
     gen_ = TimedGenerator(bundle, method, bucket, tokens, layout, probes=True)
     sums, counts = [], []
     for p in prompts:
@@ -47,6 +51,8 @@ def calibrate(
         sums.append(rec["rank_accept"])
         counts.append(rec["rank_count"])
     table = shape_search.calibration_table(sums, counts)
+    if not distributed.is_main():
+        return table
     tmp = path.with_suffix(".tmp")
     tmp.write_text(strict_json.dumps({"settings": stored_as, "table": table.to_json()}, indent=2))
     tmp.replace(path)

@@ -15,22 +15,35 @@ parts live beside it:
 - :mod:`~experiments.speculative.summary`, :mod:`experiments.reporting`: the summary,
   table and plots.
 
-Work runs prompt by prompt, all methods of a prompt in turn, so a slow phase of a shared
-machine lands on every method rather than on whichever method happened to run then.
+Work runs batch by batch (``batch`` prompts of one sampling setting, default 1), all methods
+of a batch in turn, so a slow phase of a shared machine lands on every method rather than
+on whichever method happened to run then.
+
+Several processes (:mod:`experiments.common.distributed`) run this same function over one
+mesh: every process loads the models and decodes every batch (the mesh's data axis splits
+each batch's rows over the processes); process 0 alone reads and writes the workdir and
+logs, and tells the others which records exist.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
-from experiments.common import strict_json
+from experiments.common import distributed, strict_json
 from experiments.common.progress import progress_bar
-from experiments.common.records import append_record, load_records, workdir_lock
+from experiments.common.records import (
+    DamagedResultsError,
+    append_record,
+    load_records,
+    workdir_lock,
+)
 from experiments.reporting import plots, tables
 from experiments.speculative import plan as plan_lib
 from experiments.speculative import shape_search, sources
@@ -43,6 +56,7 @@ from experiments.speculative.workdir import (
     SHAPES,
     SUMMARY,
     TABLE,
+    IncompatibleWorkdirError,
     check_workdir,
     record_key,
 )
@@ -52,8 +66,13 @@ AR = "ar"  # the method text of plain decoding, the reference of every speed rat
 
 
 def _check_mesh(settings: Settings) -> None:
-    """The mesh fits the devices; checked before any model is loaded."""
+    """The mesh fits the devices (of every process); checked before any model is loaded."""
     sizes = settings.models.mesh
+    if sizes is None and jax.process_count() > 1:
+        raise ValueError(
+            f"{jax.process_count()} processes need a mesh over all {jax.device_count()} "
+            "devices, e.g. mesh=DxM with D processes and M devices each (batch a multiple of D)"
+        )
     if sizes is not None and sizes[0] * sizes[1] != jax.device_count():
         raise ValueError(
             f"mesh {sizes[0]}x{sizes[1]} needs {sizes[0] * sizes[1]} devices, "
@@ -70,16 +89,17 @@ def run(
     on_record: Callable[[dict], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Runs (or resumes) the job in ``workdir``; returns the summary.
+    """Runs (or resumes) the job in ``workdir``; returns the summary (None on processes
+    other than 0).
 
     Args:
       settings: the checked config (:func:`experiments.speculative.settings.from_config`).
-      workdir: results directory (created).
+      workdir: results directory (created; process 0 only).
       model_source: ``(settings.models) -> sources.Bundle``; default loads the real models.
       prompt_source: ``(settings, bundle) -> [sources.EncodedPrompt]``; default reads
         the datasets.
       on_record: called with each new record after it is written (tests interrupt here).
-      log: where messages go.
+      log: where messages go (process 0 only).
 
     Raises:
       ValueError: a mesh that the devices do not fit, before anything is loaded.
@@ -90,20 +110,61 @@ def run(
     _check_mesh(settings)
     specs = plan_lib.plan(settings)
     workdir = Path(workdir)
-    with workdir_lock(workdir):
+    main = distributed.is_main()
+    if not main:
+        log = _quiet
+    lock = workdir_lock(workdir) if main else contextlib.nullcontext()
+    with lock:
         return _run_locked(settings, workdir, specs, model_source, prompt_source, on_record, log)
 
 
+def _quiet(message: str) -> None:
+    del message
+
+
+def _workdir_state(workdir: Path, settings: Settings, info, log) -> dict:
+    """Process 0 checks the workdir (and stores the config once ``info`` is known) and
+    reads the keys of its records; every process gets the outcome."""
+    state = None
+    if distributed.is_main():
+        try:
+            check_workdir(workdir, settings, info, log)
+            state = {"done": sorted(load_records(workdir / RESULTS))}
+        except (IncompatibleWorkdirError, DamagedResultsError) as e:
+            state = {"error": str(e), "damaged": isinstance(e, DamagedResultsError)}
+    state = distributed.broadcast_json(state)
+    if "error" in state:
+        kind = DamagedResultsError if state["damaged"] else IncompatibleWorkdirError
+        raise kind(state["error"])
+    return state
+
+
+def batches(prompts, size: int) -> list[tuple[list, int]]:
+    """Prompts in batches of ``size`` that share their sampling, in prompt order; a short
+    last batch is filled up with copies of its last prompt, which are decoded (the
+    compiled shape stays) but never recorded. Returns ``(batch, real rows)`` pairs."""
+    groups: dict[tuple, list] = {}
+    for p in prompts:
+        groups.setdefault((p.temperature, p.top_p), []).append(p)
+    out = []
+    for group in groups.values():
+        for i in range(0, len(group), size):
+            chunk = group[i : i + size]
+            out.append((chunk + [chunk[-1]] * (size - len(chunk)), len(chunk)))
+    return out
+
+
 def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record, log) -> dict:
-    """The body of :func:`run`, with the workdir locked."""
-    check_workdir(workdir, settings, None)  # fail fast, before loading models
+    """The body of :func:`run`, with the workdir locked (by process 0)."""
+    main = distributed.is_main()
+    _workdir_state(workdir, settings, None, log)  # fail fast, before loading models
     path = workdir / RESULTS
-    records = load_records(path)  # a damaged file fails here, before loading models
     shapes = plan_lib.describe(specs)
     log("Shapes used (B = draft nodes scored per target call, root excluded):\n" + shapes)
     start = time.perf_counter()
     bundle = (model_source or sources.real_models)(settings.models)
-    check_workdir(workdir, settings, bundle.info, log)
+    done = set(_workdir_state(workdir, settings, bundle.info, log)["done"])
+    records = load_records(path) if main else {}
     layout = None
     mesh_sizes = settings.models.mesh
     if mesh_sizes is not None:
@@ -113,8 +174,12 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
             draft=sharding.place_model(bundle.draft, mesh),
         )
         layout = sharding.Layout.for_models(mesh, bundle.target, bundle.draft)
-        log(f"mesh {mesh_sizes[0]}x{mesh_sizes[1]} (data x model) over {mesh.devices.size} devices")
-    (workdir / SHAPES).write_text(shapes + "\n")
+        log(
+            f"mesh {mesh_sizes[0]}x{mesh_sizes[1]} (data x model) over {mesh.devices.size} "
+            f"devices of {jax.process_count()} process(es)"
+        )
+    if main:
+        (workdir / SHAPES).write_text(shapes + "\n")
     log(
         f"models ready in {time.perf_counter() - start:.1f}s: {bundle.info.get('target')} <- "
         f"{bundle.info.get('draft')} (r = {bundle.draft_params / bundle.target_params:.4f})"
@@ -134,28 +199,29 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
         specs = plan_lib.plan(settings, table)
         shapes = plan_lib.describe(specs)
         log("Shapes with auto_shape=true:\n" + shapes)
-        (workdir / SHAPES).write_text(shapes + "\n")
+        if main:
+            (workdir / SHAPES).write_text(shapes + "\n")
     texts = list(dict.fromkeys(s.text for s in specs))
-    # Prompt-major: methods alternate, so load drift on the machine hits all of them alike.
-    # A prompt with work to do times AR again in this invocation (its record is replaced):
+    # Batch-major: methods alternate, so load drift on the machine hits all of them alike.
+    # A batch with work to do times AR again in this invocation (its records are replaced):
     # ratios vs AR pair records of one invocation only, never rates from two runs.
     invocation = f"{time.time_ns():x}"
     pending = []
-    for p in prompts:
-        todo = [t for t in texts if record_key(p.key, t) not in records]
+    for batch, real in batches(prompts, settings.prompts.batch):
+        todo = [t for t in texts if any(record_key(p.key, t) not in done for p in batch[:real])]
         if todo and AR in texts and AR not in todo:
             todo = [t for t in texts if t == AR or t in todo]
-        pending += [(p, t) for t in todo]
-    total = len(pending)
+        pending += [(batch, real, t) for t in todo]
+    total = sum(real for _, real, _ in pending)
     log(
         f"{len(prompts)} prompts x {len(texts)} methods: {total} to run, "
-        f"{sum(record_key(p.key, t) in records for p in prompts for t in texts)} already in "
+        f"{sum(record_key(p.key, t) in done for p in prompts for t in texts)} already in "
         f"{path}"
     )
     generators: dict[str, TimedGenerator] = {}
-    bar = progress_bar(total, settings.report.progress)
+    bar = progress_bar(total, settings.report.progress and main)
     try:
-        for p, text in pending:
+        for batch, real, text in pending:
             if text not in generators:  # compile on first use (warm-up, untimed)
                 bar.set_description(f"compiling {text}")
                 generators[text] = TimedGenerator(
@@ -166,20 +232,26 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
                     layout,
                     probes=settings.report.probes,
                 )
-                generators[text].warm_up(p)
+                generators[text].warm_up(batch)
             runner = generators[text]
             bar.set_description(text)
-            out = runner(p, prompt_rng_key(settings.seed, p.key))
-            rec = dict(key=record_key(p.key, text), prompt=p.key, dataset=p.dataset,
-                       method=text, name=runner.method.name, temperature=p.temperature,
-                       top_p=p.top_p, invocation=invocation) | out  # fmt: skip
-            append_record(path, rec)
-            records[rec["key"]] = rec
-            bar.update(1)
-            if on_record is not None:
-                on_record(rec)
+            keys = jnp.stack([prompt_rng_key(settings.seed, p.key) for p in batch])
+            outs = distributed.exit_on_peer_failure(lambda r=runner, k=keys, b=batch: r(b, k))
+            for p, out in zip(batch[:real], outs, strict=False):
+                rec = dict(key=record_key(p.key, text), prompt=p.key, dataset=p.dataset,
+                           method=text, name=runner.method.name, temperature=p.temperature,
+                           top_p=p.top_p, invocation=invocation) | out  # fmt: skip
+                if main:
+                    append_record(path, rec)
+                    records[rec["key"]] = rec
+                done.add(rec["key"])
+                if on_record is not None:
+                    on_record(rec)
+            bar.update(real)
     finally:
         bar.close()
+    if not main:
+        return None
     nonfinite = sorted(k for k, r in records.items() if r.get("nonfinite_draft_rounds"))
     if nonfinite:
         log(

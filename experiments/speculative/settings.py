@@ -14,9 +14,11 @@ Accepted ranges, by section of ``experiments/configs/common.py``:
 - models: ``target``, ``draft`` non-empty; ``draft_vocab >= 0``; ``draft_weights`` one of
   ``models.arch.config.WEIGHTS``, ``target_weights`` ``'float'`` or ``'tiled'`` (both
   ``'float'`` unless ``dtype`` is float32, and with a mesh); ``dtype`` one of
-  ``models.arch.config.DTYPES``; ``mesh``: ``""`` or ``1xM`` with ``M >= 1``;
+  ``models.arch.config.DTYPES``; ``mesh``: ``""`` or ``DxM`` with ``D, M >= 1`` (``D``
+  divides ``batch``);
 - prompts: ``dataset`` ``+``-separated known names without repeats; ``num_prompts``,
-  ``max_new_tokens``, ``shakespeare_lines`` integers ``>= 1``; ``max_prompt_tokens >= 2``
+  ``batch``, ``max_new_tokens``, ``shakespeare_lines`` integers ``>= 1``;
+  ``max_prompt_tokens >= 2``
   (:data:`MIN_PROMPT_TOKENS`: drafting re-reads the last prompt token, so a prompt needs
   two); ``chat_template`` one of :data:`CHAT_TEMPLATES`;
 - sampling: ``sampling`` ``'paper'`` (the paper's per-dataset temperature and top-p) or
@@ -46,7 +48,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from experiments.common import mesh as mesh_lib
-from experiments.common.checks import SEED_MAX, Checks, ConfigError, is_real, plus_items
+from experiments.common.checks import SEED_MAX, Checks, ConfigError, is_int, is_real, plus_items
 from experiments.configs import common
 from experiments.data import datasets
 from experiments.speculative import plan as plan_lib
@@ -60,6 +62,7 @@ SWEEPS = ("none", "length", "budget")
 CHAT_TEMPLATES = ("auto", "always", "never")
 AT_LEAST_ONE = (
     "num_prompts",
+    "batch",
     "max_new_tokens",
     "shakespeare_lines",
     "width",
@@ -91,7 +94,7 @@ class Models:
       target_weights, draft_weights: ``'float'``, ``'tiled'`` or ``'int8'`` (draft only).
       dtype: ``'float32'`` or ``'bfloat16'``.
       scan_layers: the blocks under one scan (faster compiles, slower calls on CPU).
-      mesh: ``(data, model)`` device counts, or None for one device.
+      mesh: ``(data, model)`` device counts (every process's devices), or None for one.
     """
 
     target: str
@@ -111,6 +114,8 @@ class Prompts:
     Attributes:
       datasets: names among :data:`experiments.data.datasets.DATASETS`, in order.
       num_prompts: prompts in all, spread round-robin over ``datasets``.
+      batch: prompts decoded together (of one sampling setting); each record's seconds
+        are its share of its batch's.
       max_new_tokens: tokens generated per prompt.
       max_prompt_tokens: user text longer than this keeps its head and tail.
       chat_template: ``'auto'`` (chat tasks), ``'always'`` or ``'never'``.
@@ -120,6 +125,7 @@ class Prompts:
 
     datasets: tuple[str, ...]
     num_prompts: int
+    batch: int
     max_new_tokens: int
     max_prompt_tokens: int
     chat_template: str
@@ -272,7 +278,7 @@ def _build(c) -> Settings:
             c.draft_weights, c.dtype, c.scan_layers, mesh_lib.parse_mesh(c.mesh),
         ),
         prompts=Prompts(
-            plus_items(c.dataset), c.num_prompts, c.max_new_tokens, c.max_prompt_tokens,
+            plus_items(c.dataset), c.num_prompts, c.batch, c.max_new_tokens, c.max_prompt_tokens,
             c.chat_template, c.shakespeare_lines, c.seed,
         ),
         sampling=Sampling(c.sampling, float(c.temperature), float(c.top_p)),
@@ -328,9 +334,11 @@ def _check_keys(config) -> None:
         sizes = mesh_lib.parse_mesh(config.mesh)
     except (ValueError, AttributeError):
         sizes = (0, 0)
-    if sizes is not None and (sizes[0] != 1 or sizes[1] < 1):
-        c.fail("mesh", "'' (one device) or 1xM with M >= 1 (prompts run one at a time, so the "
-               "data axis must be 1)")  # fmt: skip
+    if sizes is not None and min(sizes) < 1:
+        c.fail("mesh", "'' (one device) or DxM with D, M >= 1 (data x model devices)")
+    elif sizes is not None and is_int(config.batch) and config.batch % sizes[0]:
+        c.fail("batch", f"a multiple of the mesh's data axis {sizes[0]} (mesh={config.mesh!r}): "
+               "each data shard decodes its rows of a batch")  # fmt: skip
     if sizes is not None and laid_out:
         c.fail(laid_out[0], "'float' with a mesh (tiled and int8 weights are a one-device CPU "
                "layout without tensor-parallel rules)")  # fmt: skip

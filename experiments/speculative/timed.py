@@ -1,10 +1,12 @@
-"""Timed generation of one prompt with one method (the measurement of the ``speculative`` job).
+"""Timed generation of a batch of prompts with one method (the ``speculative`` job's measure).
 
-Timing: before a method's first timed prompt its programs are compiled by a warm-up
-(prefill + a decoding loop that runs no round), so compile time is not measured. Each
-record's ``seconds`` is wall-clock from prefill to the last round, inclusive (split into
-``prefill_seconds`` and ``decode_seconds``; ``round_seconds`` is decode time per target
-call; ``python -m experiments.bench.decode`` breaks a round into its phases).
+Timing: before a method's first timed batch its programs are compiled by a warm-up
+(prefill + a decoding loop that runs no round), so compile time is not measured. A batch's
+wall-clock runs from prefill to the last round, inclusive; each of its ``batch_size``
+records gets an equal share as ``seconds`` (split into ``prefill_seconds`` and
+``decode_seconds``; ``batch_seconds`` is the whole; ``round_seconds`` is decode time per
+round of the batch; ``python -m experiments.bench.decode`` breaks a round into its phases).
+With one prompt per batch (the default) a record's seconds are its own.
 Randomness: the key of a prompt is ``fold_in(PRNGKey(seed), crc32(prompt key))`` for every
 method (common random numbers), so a resumed run reproduces an uninterrupted one.
 """
@@ -15,6 +17,7 @@ import time
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments.speculative import sources
@@ -22,7 +25,9 @@ from models.kernels import nucleus
 from rsd_jax import decode, transforms
 from rsd_jax import generation as gen
 
-TIMING_FIELDS = ("seconds", "prefill_seconds", "decode_seconds", "round_seconds")
+TIMING_FIELDS = (
+    "seconds", "prefill_seconds", "decode_seconds", "round_seconds", "batch_seconds",
+)  # fmt: skip
 
 
 def prompt_rng_key(seed: int, prompt_key: str) -> jax.Array:
@@ -37,7 +42,14 @@ def bucket_length(prompts) -> int:
 
 
 class TimedGenerator:
-    """Generates one prompt with one method, timed (compiles on a warm-up first)."""
+    """Generates a batch of prompts with one method, timed (compiles on a warm-up first).
+
+    A batch shares its sampling setting (the state holds one). Each row keeps its own key,
+    so its tokens are those of the prompt decoded alone; its record's ``seconds`` is its
+    share of the batch's wall-clock (``batch_seconds / batch_size``), so summed seconds
+    give the batch's throughput. On a mesh spanning several processes the outputs are read
+    back replicated, on every process.
+    """
 
     def __init__(
         self,
@@ -66,41 +78,67 @@ class TimedGenerator:
         )
         self.draft_params = None if draft is None else draft.params
 
-    def _init(self, prompt: sources.EncodedPrompt, key):
-        padded, lengths = gen.pad_prompts([prompt.ids], self.bucket)
-        sampling = transforms.SamplingParams(temperature=prompt.temperature, top_p=prompt.top_p)
+    def _init(self, prompts, keys):
+        padded, lengths = gen.pad_prompts([p.ids for p in prompts], self.bucket)
+        first = prompts[0]
+        sampling = transforms.SamplingParams(temperature=first.temperature, top_p=first.top_p)
         b = self.bundle
         return gen.init_state(
-            self.engine,
-            b.target,
-            self.draft,
-            padded,
-            lengths,
-            key[None],
-            self.max_new,
-            sampling,
+            self.engine, b.target, self.draft, padded, lengths, keys, self.max_new, sampling,
             self.layout,
-        )
+        )  # fmt: skip
 
-    def warm_up(self, prompt: sources.EncodedPrompt) -> None:
-        state = self._init(prompt, jax.random.PRNGKey(0))
-        state = state._replace(done=~state.done)  # the loop compiles but runs no round
-        jax.block_until_ready(
-            gen.run(self.engine, state, self.bundle.target.params, self.draft_params, self.layout)
-        )
-
-    def __call__(self, prompt: sources.EncodedPrompt, key) -> dict:
-        start = time.perf_counter()
-        state = jax.block_until_ready(self._init(prompt, key))
-        mid = time.perf_counter()
-        state = gen.run(
+    def _run(self, state):
+        return gen.run(
             self.engine, state, self.bundle.target.params, self.draft_params, self.layout
         )
-        gen.check_finished(state)
-        state = jax.block_until_ready(state)
+
+    def _host(self, state):
+        """The state's read-back fields, whole on this process."""
+        if self.layout is None:
+            return state
+        fields = ("tokens", "prompt_len", "max_new", "counters", "done", "round")
+        return state._replace(**self.layout.replicated({k: getattr(state, k) for k in fields}))
+
+    def warm_up(self, prompts) -> None:
+        """Compiles prefill and loop for this batch's shapes, running no round."""
+        prompts = _as_list(prompts)
+        keys = jnp.stack([jax.random.PRNGKey(0)] * len(prompts))
+        state = self._init(prompts, keys)
+        state = state._replace(done=~state.done)  # the loop compiles but runs no round
+        jax.block_until_ready(self._run(state))
+
+    def __call__(self, prompts, keys) -> list[dict] | dict:
+        """Records of ``prompts`` (a list, or one prompt: one record) with per-row ``keys``
+        (``[B, 2]``, or one key)."""
+        single = not isinstance(prompts, list | tuple)
+        prompts = _as_list(prompts)
+        keys = jnp.asarray(keys).reshape(len(prompts), -1)
+        start = time.perf_counter()
+        state = jax.block_until_ready(self._init(prompts, keys))
+        mid = time.perf_counter()
+        host = self._host(self._run(state))
+        gen.check_finished(host)
+        host = jax.block_until_ready(host)
         end = time.perf_counter()
-        tokens = gen.generated_tokens(state, self.bundle.eos_id)[0]
-        c = jax.tree.map(lambda x: np.asarray(x)[0], state.counters)
+        tokens = gen.generated_tokens(host, self.bundle.eos_id)
+        counters = jax.tree.map(np.asarray, host.counters)
+        size = len(prompts)
+        shared = dict(
+            prefill_seconds=(mid - start) / size,
+            decode_seconds=(end - mid) / size,
+            seconds=(end - start) / size,
+            batch_size=size,
+            batch_seconds=end - start,
+            round_seconds=(end - mid) / max(int(np.max(counters.target_calls)), 1),
+        )
+        out = [
+            self._record(p, toks, jax.tree.map(lambda x, i=i: x[i], counters)) | shared
+            for i, (p, toks) in enumerate(zip(prompts, tokens, strict=True))
+        ]
+        return out[0] if single else out
+
+    def _record(self, prompt, tokens, c) -> dict:
         tok = self.bundle.tokenizer
         extra = {}
         if self.probes and self.method.draft_calls > 0:
@@ -124,8 +162,8 @@ class TimedGenerator:
             nonfinite_draft_rounds=int(c.nonfinite_draft),
             zero_prob_draft_rounds=int(c.zero_prob_draft),
             prompt_tokens=len(prompt.ids),
-            prefill_seconds=mid - start,
-            decode_seconds=end - mid,
-            round_seconds=(end - mid) / max(int(c.target_calls), 1),
-            seconds=end - start,
         )
+
+
+def _as_list(prompts) -> list:
+    return list(prompts) if isinstance(prompts, list | tuple) else [prompts]

@@ -38,6 +38,7 @@ COMPAT_KEYS = (
     "target_weights",
     "dtype",
     "dataset",
+    "batch",
     "max_new_tokens",
     "max_prompt_tokens",
     "chat_template",
@@ -45,7 +46,7 @@ COMPAT_KEYS = (
     "seed",
 )  # and the sampling each dataset gets (:func:`sampling_by_dataset`)
 # Keys added after workdirs existed, with the value that reproduces what those workdirs hold.
-ADDED_KEYS = {"draft_vocab": 0, "draft_weights": "float", "target_weights": "float"}
+ADDED_KEYS = {"draft_vocab": 0, "draft_weights": "float", "target_weights": "float", "batch": 1}
 CALIBRATION = "calibration.json"
 
 

@@ -10,7 +10,8 @@ Output: ``OUT`` gets one object per input line, in input order, written at the e
 (atomically). While the run goes, finished lines are appended (and fsynced) to
 ``OUT.partial``, whose first line records the settings; rerunning the same command resumes
 from it, and a run with other settings (or another input) is refused rather than mixed.
-An existing ``OUT`` is never overwritten.
+An existing ``OUT`` is never overwritten. Over several processes (a mesh spanning hosts)
+every process generates every batch, and process 0 alone reads and writes the files.
 
 Lines that share their sampling and stop strings are generated together, grouped by
 prompt length (one compiled step per length bucket and batch size); a line's random
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import jax
 
-from experiments.common import strict_json
+from experiments.common import distributed, strict_json
 from experiments.common.progress import progress_bar
 from experiments.text.decoding import BUCKET
 from experiments.text.generator import GenerationError, TextGenerator
@@ -172,18 +173,29 @@ def run(
       many texts agree.
     """
     output = Path(output)
-    if output.exists():
-        raise BatchError(f"{output} exists; choose another --output or remove it")
+    main = distributed.is_main()  # process 0 reads and writes the files, for every process
     partial = output.with_name(output.name + PARTIAL)
     print_ = fingerprint(lines, setup)
-    done = _load_partial(partial, print_) if partial.exists() else {}
-    if done:
-        log(f"resuming: {len(done)} of {len(lines)} lines already in {partial}")
-    else:
+    state, done = {}, {}
+    if main:
+        try:
+            if output.exists():
+                raise BatchError(f"{output} exists; choose another --output or remove it")
+            done = _load_partial(partial, print_) if partial.exists() else {}
+            state = {"done": sorted(done)}
+        except BatchError as e:
+            state = {"error": str(e)}
+    state = distributed.broadcast_json(state)
+    if "error" in state:
+        raise BatchError(state["error"])
+    finished = set(state["done"])
+    if finished:
+        log(f"resuming: {len(finished)} of {len(lines)} lines already in {partial}")
+    elif main:
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(strict_json.dumps({"fingerprint": print_, "setup": setup}) + "\n")
-    todo = [line for line in lines if line.number not in done]
-    bar = progress_bar(len(todo), progress, "line", "generating")
+    todo = [line for line in lines if line.number not in finished]
+    bar = progress_bar(len(todo), progress and main, "line", "generating")
     ours, theirs, same, greedy = [], [], 0, 0
     compiled = set()
     try:
@@ -209,16 +221,19 @@ def run(
                 if req.sampling.temperature == 0:
                     greedy += len(batch)
                     same += sum(a.text == b.text for a, b in zip(results, other, strict=True))
-            with open(partial, "a", encoding="utf-8") as f:
-                for line, r in zip(batch, results, strict=True):
-                    rec = record(line, r)
-                    done[line.number] = rec
-                    f.write(strict_json.dumps(rec) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            if main:
+                with open(partial, "a", encoding="utf-8") as f:
+                    for line, r in zip(batch, results, strict=True):
+                        rec = record(line, r)
+                        done[line.number] = rec
+                        f.write(strict_json.dumps(rec) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
             bar.update(len(batch))
     finally:
         bar.close()
+    if not main:
+        return {}
     tmp = output.with_name(output.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for line in lines:

@@ -71,8 +71,13 @@ class Decoding:
         one round per step of the iteration, appending to each row; stops rows at EOS, at
         their budget and at stop strings."""
         engine = self.g.engine(method)
-        b, req = self.g.bundle, self.req
+        b, req, layout = self.g.bundle, self.req, self.g.layout
         self.method = method
+        real = len(rows)
+        if layout is not None and real % layout.data:  # pad to the data axis: copies, unread
+            extra = layout.data - real % layout.data
+            rows = rows + [rows[-1].copy() for _ in range(extra)]
+            keys = np.concatenate([np.asarray(keys)] + [np.asarray(keys)[-1:]] * extra)
         prompts = [r.prompt + r.tokens for r in rows]
         budgets = [min(r.budget - len(r.tokens), cap or r.budget) for r in rows]
         longest = max(len(p) for p in prompts)
@@ -81,17 +86,19 @@ class Decoding:
         draft = b.draft if method.spec.depth > 0 else None
         keys = jnp.asarray(keys)
         state = gen.init_state(
-            engine, b.target, draft, padded, lengths, keys, max(budgets), req.sampling
+            engine, b.target, draft, padded, lengths, keys, max(budgets), req.sampling, layout
         )
-        state = state._replace(max_new=jnp.asarray(budgets, jnp.int32))
-        step = gen.jitted_step(engine)
+        state = _placed(layout, state._replace(max_new=jnp.asarray(budgets, jnp.int32)))
+        step = gen.jitted_step(engine, layout)
         draft_params = None if draft is None else draft.params
         base = [len(r.tokens) for r in rows]
         calls = [(r.calls[0], r.calls[1], r.hist.copy()) for r in rows]
-        while bool(gen.unfinished(state)):
+        host = _host(layout, state)
+        while bool(gen.unfinished(host)):
             state = step(state, b.target.params, draft_params)
-            new = gen.generated_tokens(state, b.eos_id)
-            c = jax.tree.map(np.asarray, state.counters)
+            host = _host(layout, state)
+            new = gen.generated_tokens(host, b.eos_id)
+            c = jax.tree.map(np.asarray, host.counters)
             stopped = False
             for i, (r, toks, n0) in enumerate(zip(rows, new, base, strict=True)):
                 r.tokens[n0:] = toks
@@ -100,16 +107,29 @@ class Decoding:
                     r.finish = "stop"
                     stopped = True
             if stopped:  # rows stopped by a stop string run no further round
-                done = np.asarray(state.done) | np.array([r.finish == "stop" for r in rows])
-                state = state._replace(done=jnp.asarray(done))
+                done = jnp.asarray(np.asarray(host.done) | [r.finish == "stop" for r in rows])
+                state = _placed(layout, state._replace(done=done))
+                host = host._replace(done=done)
             yield
-        gen.check_finished(state)
+        gen.check_finished(host)
         for r in rows:
             if r.finish is None:
                 if r.tokens and r.tokens[-1] == b.eos_id:
                     r.finish = "eos"
                 elif len(r.tokens) >= r.budget:
                     r.finish = "length"
+
+
+def _host(layout, state):
+    """The state's read-back fields, whole on this process (replicated over a mesh)."""
+    if layout is None:
+        return state
+    fields = ("tokens", "prompt_len", "max_new", "counters", "done", "round")
+    return state._replace(**layout.replicated({k: getattr(state, k) for k in fields}))
+
+
+def _placed(layout, state):
+    return state if layout is None else layout.place(state)
 
 
 class _Row:
@@ -121,6 +141,12 @@ class _Row:
         self.finish: str | None = None
         self.calls = [0, 0]
         self.hist = np.zeros(1, np.int64)
+
+    def copy(self) -> _Row:
+        """A row decoded alongside, never read (batch padding on a mesh)."""
+        twin = _Row(list(self.prompt), self.budget)
+        twin.tokens = list(self.tokens)
+        return twin
 
     def set_counts(self, before, target_calls: int, draft_calls: int, hist) -> None:
         """Counters = ``before`` (earlier phases) + this phase's so far."""

@@ -55,16 +55,28 @@ class TextGenerator:
       bundle: the models as :func:`experiments.speculative.sources.real_models` returns
         them (``draft`` may be None: AR only); needs a tokenizer.
       nucleus: the top-p threshold the engine uses (None: XLA's bisection; the CPU
-        kernel :func:`models.kernels.nucleus.threshold` by default on CPUs).
+        kernel :func:`models.kernels.nucleus.threshold` by default on one CPU device).
+      mesh: run SPMD on a ``("data", "model")`` mesh (:func:`rsd_jax.sharding.make_mesh`),
+        possibly spanning several processes; batches are padded to the data axis.
     """
 
-    def __init__(self, bundle: sources.Bundle, nucleus: Callable | None | str = "auto"):
+    def __init__(self, bundle: sources.Bundle, nucleus: Callable | None | str = "auto", mesh=None):
         if bundle.tokenizer is None:
             raise GenerationError("the target has no tokenizer: text needs one")
         if nucleus == "auto":
             from models.kernels import nucleus as nucleus_lib
 
-            nucleus = nucleus_lib.threshold if jax.default_backend() == "cpu" else None
+            on_cpu = jax.default_backend() == "cpu" and mesh is None
+            nucleus = nucleus_lib.threshold if on_cpu else None
+        self.layout = None
+        if mesh is not None:
+            from rsd_jax import sharding
+
+            bundle = bundle._replace(
+                target=sharding.place_model(bundle.target, mesh),
+                draft=sharding.place_model(bundle.draft, mesh),
+            )
+            self.layout = sharding.Layout.for_models(mesh, bundle.target, bundle.draft)
         self.bundle = bundle
         self.tokenizer = bundle.tokenizer
         self.nucleus = nucleus
@@ -74,6 +86,7 @@ class TextGenerator:
     def load(
         cls, target: str, draft: str | None = None, *, dtype: str = "float32",
         target_weights: str = "float", draft_weights: str = "float", draft_vocab: int = 0,
+        mesh=None,
     ) -> TextGenerator:  # fmt: skip
         """Loads a pair: presets, GGUF files, HF directories or an exported draft; ``draft``
         None for AR only. The tokenizers must agree (else the first difference is named).
@@ -81,7 +94,7 @@ class TextGenerator:
         setup = Models(
             target, draft or "", draft_vocab, target_weights, draft_weights, dtype, False, None
         )
-        return cls(sources.real_models(setup))
+        return cls(sources.real_models(setup), mesh=mesh)
 
     # ------------------------------------------------------------------ checks
 
