@@ -244,8 +244,9 @@ class Engine:
 
         A row whose target logits were not laws (``target_ok`` False: a NaN, a ``+inf`` or
         a position without a finite logit) emits nothing, is stopped and counted in
-        ``nonfinite_target``: its law is undefined, so no token may come out of it. ``draft_ok`` False and ``zero_draft`` True (a drafted node of
-        recorded probability 0, see `zero_prob_nodes`) are only counted.
+        ``nonfinite_target``: its law is undefined, so no token may come out of it.
+        ``draft_ok`` False and ``zero_draft`` True (a drafted node of recorded probability
+        0, see `zero_prob_nodes`) are only counted.
         """
         spec = self.method.spec
         rows, n = jnp.arange(state.length.shape[0]), state.length
