@@ -264,7 +264,8 @@ def test_one_device_mesh_with_a_model_without_rules():
 
 
 def test_runner_mesh_key(tmp_path):
-    """``mesh`` is a common config key; a data axis > 1 is refused before any model loads."""
+    """``mesh`` is a common config key; a data axis that does not divide ``batch`` is refused
+    before any model loads."""
     arg = "method=rsd_s:2x2,dataset=humaneval,num_prompts=1,max_new_tokens=4"
     arg += ",progress=false,plots=false,bootstrap=10,target_weights=float,draft_weights=float"
     model_source, prompt_source = sources.toy_sources()
@@ -276,7 +277,7 @@ def test_runner_mesh_key(tmp_path):
             log=lambda _: None,
         )  # fmt: skip
 
-    with pytest.raises(ValueError, match="data axis must be 1"):
+    with pytest.raises(ValueError, match="'batch' must be a multiple of the mesh's data axis 2"):
         go("2x1", tmp_path / "refused")
     with pytest.raises(ValueError, match="needs 4 devices"):
         go("1x4", tmp_path / "too_many")

@@ -111,7 +111,7 @@ class TimedGenerator:
     def __call__(self, prompts, keys) -> list[dict] | dict:
         """Records of ``prompts`` (a list, or one prompt: one record) with per-row ``keys``
         (``[B, 2]``, or one key)."""
-        single = not isinstance(prompts, list | tuple)
+        single = isinstance(prompts, sources.EncodedPrompt)
         prompts = _as_list(prompts)
         keys = jnp.asarray(keys).reshape(len(prompts), -1)
         start = time.perf_counter()
@@ -166,4 +166,4 @@ class TimedGenerator:
 
 
 def _as_list(prompts) -> list:
-    return list(prompts) if isinstance(prompts, list | tuple) else [prompts]
+    return [prompts] if isinstance(prompts, sources.EncodedPrompt) else list(prompts)
