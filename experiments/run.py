@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.common import distributed, strict_json
+from experiments.common import distributed, runtime, strict_json
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config .py file[:k=v,...].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results (optional for demos).")
@@ -39,24 +39,6 @@ JOBS = {
     "distill": ("distill", "checkpoints, the draft"),
     "toy_demo": ("toy_demo", None),
 }
-
-
-def enable_compile_cache(path: str, min_compile_seconds: float = 1.0) -> str | None:
-    """Points JAX's persistent compilation cache at ``path`` (``~`` expanded).
-
-    Executables that took at least ``min_compile_seconds`` to compile are stored there
-    and reused by later processes with the same program and shapes. Returns the
-    directory, or None for an empty ``path``.
-    """
-    if not path:
-        return None
-    import jax
-
-    path = os.path.expanduser(path)
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
-    return path
 
 
 def config_error(argv: list[str]) -> str | None:
@@ -105,12 +87,14 @@ def main(argv):
         raise SystemExit(f"error: {e}") from None
     if joined and config.job != "speculative":
         raise SystemExit(f"error: the {config.job} job runs as one process")
+    if distributed.is_main():
+        runtime.announce()
     settings_lib = importlib.import_module(f"experiments.{package}.settings")
     try:
         settings = settings_lib.from_config(config)
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    enable_compile_cache(_COMPILE_CACHE.value)
+    runtime.enable_compile_cache(_COMPILE_CACHE.value)
     job = importlib.import_module(f"experiments.{package}.job")
     if config.job == "toy_demo":
         rows = job.run(settings)
@@ -118,12 +102,13 @@ def main(argv):
         if _WORKDIR.value:
             save_toy_summary(_WORKDIR.value, settings, rows)
         return
+    from experiments.common.memory import InsufficientMemoryError
     from experiments.common.records import WorkdirBusyError
     from experiments.data.datasets import DatasetMissingError
 
     try:
         distributed.exit_on_peer_failure(lambda: job.run(settings, _WORKDIR.value))
-    except (ValueError, DatasetMissingError, WorkdirBusyError) as e:
+    except (ValueError, DatasetMissingError, WorkdirBusyError, InsufficientMemoryError) as e:
         # incompatible or busy workdir, damaged results, missing data, a mesh too large
         raise SystemExit(f"error: {e}") from None
 
@@ -138,6 +123,7 @@ def save_toy_summary(workdir: str, settings, rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
+    runtime.quiet_backend_probe()
     problem = config_error(sys.argv[1:])
     if problem:
         sys.exit(f"error: {problem}")

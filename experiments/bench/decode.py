@@ -29,6 +29,7 @@ import jax
 from absl import app, flags
 
 from experiments.bench import round_timing
+from experiments.common import runtime
 from experiments.data import vocab
 from rsd_jax import decode, methods, transforms
 from rsd_jax import generation as gen
@@ -82,6 +83,7 @@ def _print_table(header, rows):
 
 def main(argv):
     del argv
+    runtime.announce()
     from models import adapter, loading
     from models.arch import head as head_lib
     from models.arch import quantize
@@ -219,4 +221,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    runtime.quiet_backend_probe()
     app.run(main)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.common import strict_json
+from experiments.common import runtime, strict_json
 from experiments.reporting import stats
 from rsd_jax import kv_cache, ot_bound, transforms
 
@@ -273,6 +273,7 @@ def encoded_prompts(tokenizer) -> tuple[list[str], list[list[int]]]:
 
 def main(argv):
     del argv
+    runtime.announce()
     from models import loading
 
     ks = [int(x) for x in _KS.value.split(",")]
@@ -314,4 +315,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    runtime.quiet_backend_probe()
     app.run(main)

@@ -69,6 +69,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments.common import runtime
 from rsd_jax import generation as gen
 from rsd_jax import methods as methods_lib
 from rsd_jax import transforms
@@ -526,6 +527,7 @@ def bench(
 
 def main(argv):
     del argv
+    runtime.announce()
     result = bench(
         _TARGET.value,
         _DRAFT.value,
@@ -557,4 +559,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    runtime.quiet_backend_probe()
     app.run(main)

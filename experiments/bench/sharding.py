@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments.common import mesh as mesh_lib
-from experiments.common import strict_json
+from experiments.common import runtime, strict_json
 from models import adapter, testing
 from models.arch import decoder
 from models.loaded import LoadedModel
@@ -107,6 +107,7 @@ class Setting:
 
 def main(argv):
     del argv
+    runtime.announce()
     target, draft = tiny_models(_HIDDEN.value, _LAYERS.value)
     method = methods.parse(_METHOD.value)
     settings = [Setting("1 device", None, target, draft, method, _BATCH.value, _ROUNDS.value)]
@@ -135,4 +136,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    runtime.quiet_backend_probe()
     app.run(main)

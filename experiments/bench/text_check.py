@@ -15,6 +15,8 @@ import json
 
 from absl import app, flags
 
+from experiments.common import runtime
+
 _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target preset or path.")
 _DRAFT = flags.DEFINE_string("draft", "qwen2.5-coder-0.5b", "Draft preset or path.")
 _METHODS = flags.DEFINE_string(
@@ -64,6 +66,7 @@ def check(tg, methods, max_new: int) -> list[dict]:
 
 def main(argv):
     del argv
+    runtime.announce()
     from experiments.text import TextGenerator
 
     tg = TextGenerator.load(_TARGET.value, _DRAFT.value)
@@ -82,4 +85,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    runtime.quiet_backend_probe()
     app.run(main)
