@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import run
+from experiments.common import runtime
 from experiments.common.checks import ConfigError
 from experiments.configs import common
 from experiments.configs import toy_demo as toy_demo_config
@@ -64,13 +64,13 @@ def test_toy_demo_runs_and_is_lossless_at_noise_level():
 
 
 def test_compile_cache_is_written_and_reused(tmp_path):
-    """The persistent compilation cache of ``experiments.run``: a second process hits it."""
+    """The persistent compilation cache of the entry points: a second process hits it."""
     script = (
         "import sys, jax, jax.numpy as jnp, jax.monitoring as mon\n"
         "events = []\n"
         "mon.register_event_listener(lambda name, **kw: events.append(name))\n"
-        "from experiments import run\n"
-        "run.enable_compile_cache(sys.argv[1], min_compile_seconds=0.0)\n"
+        "from experiments.common import runtime\n"
+        "runtime.enable_compile_cache(sys.argv[1], min_compile_seconds=0.0)\n"
         "f = jax.jit(lambda x: jnp.cumsum(jnp.sin(x) @ x.T, axis=0))\n"
         "print(float(f(jnp.ones((16, 16))).sum()))\n"
         "print(sum(e.endswith('/cache_hits') for e in events),"
@@ -91,7 +91,7 @@ def test_compile_cache_is_written_and_reused(tmp_path):
     assert hits == 0 and misses > 0 and any(cache.iterdir())
     again, (hits, misses) = go()
     assert again == value and hits > 0 and misses == 0
-    assert run.enable_compile_cache("") is None
+    assert runtime.enable_compile_cache("") is None
 
 
 @pytest.mark.parametrize("scan", [False, True])

@@ -71,9 +71,11 @@ SPECULATIVE_SECTIONS = {
         target="qwen2.5-coder-1.5b",  # preset name or local path (.gguf / safetensors dir)
         draft="qwen2.5-coder-0.5b",
         draft_vocab=0,  # N > 0: the draft scores only its N most frequent ids + specials (exact)
-        target_weights="float",  # tiled: float32 in tiles (models.kernels.tiled_matmul; same model)
-        draft_weights="float",  # tiled | int8: int8 = a coarser, cheaper draft (still exact)
-        dtype="float32",
+        # auto: the CPU kernels' layouts where they run (tiled target, int8 draft, float32),
+        # float weights in bfloat16 on accelerators (models.arch.quantize.auto_layout)
+        target_weights="auto",  # auto | float | tiled (float32 in tiles; the same model)
+        draft_weights="auto",  # auto | float | tiled | int8 (a coarser, cheaper draft; exact)
+        dtype="auto",  # auto | float32 | bfloat16
         scan_layers=False,  # blocks under one scan: faster compiles, slower calls on CPU
         mesh="",  # DATAxMODEL devices of every process, e.g. 1x8 or 2x4; "" = one device
     ),

@@ -36,7 +36,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from experiments.common import distributed, strict_json
+from experiments.common import distributed, runtime, strict_json
 from experiments.common.progress import progress_bar
 from experiments.common.records import (
     DamagedResultsError,
@@ -118,6 +118,17 @@ def run(
         return _run_locked(settings, workdir, specs, model_source, prompt_source, on_record, log)
 
 
+def runtime_record(bundle, layout) -> dict:
+    """What ran: the backend, the dtype and weight layouts, and which CPU kernels."""
+    from models.kernels import nucleus, tiled_matmul
+
+    used = dict(backend=runtime.backend_line()) | bundle.info.get("layout", {})
+    laid_out = {used.get("target_weights"), used.get("draft_weights")} & {"tiled", "int8"}
+    used["tiled_kernel"] = bool(laid_out) and tiled_matmul.cpu_kernel()
+    used["top_p_kernel"] = layout is None and nucleus.cpu_kernel()
+    return used
+
+
 def _quiet(message: str) -> None:
     del message
 
@@ -184,6 +195,8 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
         f"models ready in {time.perf_counter() - start:.1f}s: {bundle.info.get('target')} <- "
         f"{bundle.info.get('draft')} (r = {bundle.draft_params / bundle.target_params:.4f})"
     )
+    used = runtime_record(bundle, layout)
+    log(f"weights and kernels: {used}")
     prompt_source = prompt_source or sources.real_prompts
     prompts = prompt_source(settings, bundle)
     if not prompts:
@@ -267,6 +280,7 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
             "a token is drawn from and the law recorded for it disagree"
         )
     summary = summary_lib.summarize(settings, specs, prompts, records, bundle)
+    summary["runtime"] = used
     summary["wall_seconds_this_invocation"] = time.perf_counter() - start
     (workdir / SUMMARY).write_text(strict_json.dumps(summary, indent=2))
     table = tables.format_table(summary)

@@ -11,11 +11,12 @@ Accepted ranges, by section of ``experiments/configs/common.py``:
 
 - what to run: ``sweep`` one of :data:`SWEEPS`; ``method`` a ``+``-separated list
   without repeats;
-- models: ``target``, ``draft`` non-empty; ``draft_vocab >= 0``; ``draft_weights`` one of
-  ``models.arch.config.WEIGHTS``, ``target_weights`` ``'float'`` or ``'tiled'`` (both
-  ``'float'`` unless ``dtype`` is float32, and with a mesh); ``dtype`` one of
-  ``models.arch.config.DTYPES``; ``mesh``: ``""`` or ``DxM`` with ``D, M >= 1`` (``D``
-  divides ``batch``);
+- models: ``target``, ``draft`` non-empty; ``draft_vocab >= 0``; ``draft_weights``
+  ``'auto'`` or one of ``models.arch.config.WEIGHTS``, ``target_weights`` ``'auto'``,
+  ``'float'`` or ``'tiled'`` (``tiled``/``int8`` only with a float32 or ``auto`` dtype and
+  no mesh; ``auto`` decides per machine, :func:`models.arch.quantize.auto_layout`);
+  ``dtype`` ``'auto'`` or one of ``models.arch.config.DTYPES``; ``mesh``: ``""`` or
+  ``DxM`` with ``D, M >= 1`` (``D`` divides ``batch``);
 - prompts: ``dataset`` ``+``-separated known names without repeats; ``num_prompts``,
   ``batch``, ``max_new_tokens``, ``shakespeare_lines`` integers ``>= 1``;
   ``max_prompt_tokens >= 2``
@@ -53,6 +54,7 @@ from experiments.configs import common
 from experiments.data import datasets
 from experiments.speculative import plan as plan_lib
 from models.arch.config import DTYPES, WEIGHTS
+from models.arch.quantize import AUTO
 from rsd_jax import methods
 
 MIN_PROMPT_TOKENS = 2
@@ -91,8 +93,10 @@ class Models:
     Attributes:
       target, draft: preset names or local paths (.gguf file, safetensors directory).
       draft_vocab: 0, or N: the draft scores only its N most frequent ids (+ specials).
-      target_weights, draft_weights: ``'float'``, ``'tiled'`` or ``'int8'`` (draft only).
-      dtype: ``'float32'`` or ``'bfloat16'``.
+      target_weights, draft_weights: ``'auto'``, ``'float'``, ``'tiled'`` or ``'int8'``
+        (draft only); ``auto`` is decided when the models load
+        (:func:`experiments.speculative.sources.resolve`).
+      dtype: ``'auto'``, ``'float32'`` or ``'bfloat16'``.
       scan_layers: the blocks under one scan (faster compiles, slower calls on CPU).
       mesh: ``(data, model)`` device counts (every process's devices), or None for one.
     """
@@ -302,7 +306,7 @@ def _check_keys(config) -> None:
     c.items("method")
     for key in ("target", "draft"):
         c.text(key, "a preset name or a model path")
-    c.choice("dtype", DTYPES)
+    c.choice("dtype", (AUTO, *DTYPES))
     names = c.items("dataset")
     unknown = [n for n in names if n not in datasets.DATASETS]
     if unknown or not names:
@@ -312,10 +316,10 @@ def _check_keys(config) -> None:
         c.int_in(key, 1)
     c.int_in("max_prompt_tokens", MIN_PROMPT_TOKENS)
     c.int_in("draft_vocab", 0)  # 0 = full; the upper bound is the draft's, checked on load
-    c.choice("draft_weights", WEIGHTS)
-    c.choice("target_weights", ("float", "tiled"))  # int8 would change the target's law
-    laid_out = [k for k in ("target_weights", "draft_weights") if config[k] != "float"]
-    if laid_out and config.dtype != "float32":
+    c.choice("draft_weights", (AUTO, *WEIGHTS))
+    c.choice("target_weights", (AUTO, "float", "tiled"))  # int8 would change the target's law
+    laid_out = [k for k in ("target_weights", "draft_weights") if config[k] in WEIGHTS[1:]]
+    if laid_out and config.dtype not in ("float32", AUTO):
         c.fail(laid_out[0], f"'float' with dtype={config.dtype!r} (tiles compute in float32)")
     c.choice("chat_template", CHAT_TEMPLATES)
     _check_sampling(c)

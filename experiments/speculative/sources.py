@@ -8,6 +8,7 @@ tests and the notebook inject the toy ones (n-gram tables behind the real engine
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +30,8 @@ class Bundle(NamedTuple):
       target_params, draft_params: parameter counts, an int8 weight counting a quarter (a
         float32 or bfloat16 weight counts 1 in both models). ``r`` of MBSU is
         their ratio, the ratio of the bytes one call of each reads.
-      info: a JSON-able description (names, sizes) stored with the results.
+      info: a JSON-able description (names, sizes, the dtype and weight layouts used)
+        stored with the results.
     """
 
     target: gen.Model
@@ -62,6 +64,41 @@ def float32_equivalent(params) -> int:
     return int(sum(x.size // 4 if x.dtype == np.int8 else x.size for x in jax.tree.leaves(params)))
 
 
+def resolve(setup: Models) -> Models:
+    """``setup`` with ``auto`` dtype and weight layouts decided for this machine
+    (:func:`models.arch.quantize.auto_layout`, :func:`models.arch.quantize.auto_dtype`)."""
+    from models.arch import quantize
+
+    backend = jax.default_backend()
+    explicit = {setup.target_weights, setup.draft_weights} - {quantize.AUTO}
+    dtype = setup.dtype
+    if dtype == quantize.AUTO:
+        dtype = quantize.auto_dtype(backend, laid_out=bool(explicit - {"float"}))
+    one = setup.mesh is None
+    weights = {
+        role: quantize.auto_layout(role, dtype, backend, one) if w == quantize.AUTO else w
+        for role, w in (("target", setup.target_weights), ("draft", setup.draft_weights))
+    }
+    return dataclasses.replace(
+        setup, dtype=dtype, target_weights=weights["target"], draft_weights=weights["draft"]
+    )
+
+
+def check_memory(setup: Models) -> int:
+    """Raises :class:`experiments.common.memory.InsufficientMemoryError` before loading
+    when the pair would not fit this machine's available memory; returns the estimate."""
+    from experiments.common import memory
+    from models import loading
+
+    roles = [("target", setup.target, setup.target_weights)]
+    roles += [("draft", setup.draft, setup.draft_weights)] if setup.draft else []
+    models = [
+        (name, loading.load_model_info(name).config, setup.dtype, weights)
+        for _, name, weights in roles
+    ]
+    return memory.check(models)
+
+
 def real_models(setup: Models) -> Bundle:
     """Loads ``setup.target`` and ``setup.draft`` (presets or local paths; ``draft=""``: none,
     AR only), checks that they share a tokenizer, restricts the draft's head to
@@ -69,6 +106,8 @@ def real_models(setup: Models) -> Bundle:
     weights as ``target_weights`` / ``draft_weights`` say (:mod:`models.arch.quantize`).
 
     Raises:
+      experiments.common.memory.InsufficientMemoryError: the pair would not fit the
+        memory available (checked before loading).
       models.errors.ModelFileError: a name that is neither a preset nor a model file.
       models.errors.IncompatibleModelsError: the tokenizers differ (the first difference
         named).
@@ -77,20 +116,29 @@ def real_models(setup: Models) -> Bundle:
     from models.arch import head as head_lib
     from models.arch import quantize
 
+    setup = resolve(setup)
+    check_memory(setup)
+    if setup.draft:  # tokenizers first, from the files' metadata: before any weight loads
+        loading.check_compatible(
+            loading.load_model_info(setup.draft), loading.load_model_info(setup.target)
+        )
+    # One model at a time, each stored in its layout tensor by tensor as it loads: the peak
+    # memory is the models' final size plus one matrix in two layouts (docs/speed.md).
     kw = dict(dtype=setup.dtype, scan_layers=setup.scan_layers)
-    target = loading.load_model(setup.target, **kw)
+    target = loading.load_model(setup.target, weights=setup.target_weights, **kw)
     draft = None
     if setup.draft:
-        draft = loading.load_model(setup.draft, **kw)
-        loading.check_compatible(draft, target)
-        if setup.draft_vocab and not draft.config.head_vocab:
+        restrict = bool(setup.draft_vocab)  # the head is cut from the float weights
+        weights = "float" if restrict else setup.draft_weights
+        draft = loading.load_model(setup.draft, weights=weights, **kw)
+        if restrict and not draft.config.head_vocab:
             # A draft exported with its own restricted head (the distill job's) keeps it.
             ids = vocab.draft_vocab_ids(
                 draft.tokenizer, draft.config.valid_vocab_size, setup.draft_vocab
             )
             draft = head_lib.restrict_head(draft, ids)
-        draft = quantize.convert(draft, setup.draft_weights)
-    target = quantize.convert(target, setup.target_weights)
+        if restrict:
+            draft = quantize.convert(draft, setup.draft_weights, consume=True)
     tok = target.tokenizer
     eos = tok.eos_id if tok is not None else target.config.eos_id
     tp = float32_equivalent(target.params)
@@ -102,6 +150,11 @@ def real_models(setup: Models) -> Bundle:
         "draft_params": dp,
         "target_config": target.config.to_json(),
         "draft_config": None if draft is None else draft.config.to_json(),
+        "layout": dict(
+            dtype=setup.dtype,
+            target_weights=setup.target_weights,
+            draft_weights=setup.draft_weights,
+        ),
     }
     for role in ("target", "draft"):  # local files: results are tied to their content
         name = getattr(setup, role)

@@ -48,6 +48,7 @@ COMPAT_KEYS = (
 # Keys added after workdirs existed, with the value that reproduces what those workdirs hold.
 ADDED_KEYS = {"draft_vocab": 0, "draft_weights": "float", "target_weights": "float", "batch": 1}
 CALIBRATION = "calibration.json"
+LAYOUT_KEYS = ("dtype", "target_weights", "draft_weights")  # models.layout of the info
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -100,9 +101,19 @@ def _config_changes(workdir: Path, settings: Settings, info: dict | None) -> lis
         for name in now
         if tuple(was[name]) != tuple(now[name])
     ]
-    if info is not None and record.get("models") != info:
+    if info is not None and _stored_models(record, stored) != info:
         diff.append("models differ")
     return diff
+
+
+def _stored_models(record: dict, stored: dict):
+    """The stored models' description; one written before the ``layout`` entry existed gets
+    the one its config implies (no ``auto`` then: the keys named the layout used)."""
+    models = record.get("models")
+    if isinstance(models, dict) and "layout" not in models:
+        used = {k: stored.get(k, ADDED_KEYS.get(k, "float32")) for k in LAYOUT_KEYS}
+        models = models | {"layout": used}
+    return models
 
 
 def check_workdir(workdir: Path, settings: Settings, info: dict | None, log=None) -> None:

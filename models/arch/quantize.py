@@ -67,30 +67,124 @@ def tiles_of(w, int8: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     return np.ascontiguousarray(np.moveaxis(tiles, -2, -3)), scale
 
 
-def tiled_params(params, int8: bool) -> dict:
+@jax.jit
+def _float_tiles(w: jax.Array) -> jax.Array:
+    """The float32 tiles of ``w`` on the device (padding and a transpose: no arithmetic,
+    so bit for bit :func:`tiles_of`'s)."""
+    w = w.astype(jnp.float32)
+    *lead, d, features = w.shape
+    width = tiled_matmul.padded(features)
+    w = jnp.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, width - features)])
+    tiles = w.reshape(*lead, d, width // tiled_matmul.BLOCK, tiled_matmul.BLOCK)
+    return jnp.moveaxis(tiles, -2, -3)
+
+
+_COLUMNS = 1024  # int8 is computed on the host this many columns at a time
+
+
+def device_tiles(w, int8: bool = True) -> tuple[jax.Array, jax.Array | None]:
+    """:func:`tiles_of` as device arrays, bit for bit, without a second full-size float
+    copy of the matrix: float32 tiles are laid out on the device; int8 is computed on the
+    host a few columns at a time (numpy's arithmetic, as :func:`quantize_rows`), so the
+    full-size buffers are the original and a quarter-size int8 copy.
+
+    Raises:
+      ValueError: for int8, weights that are not all finite.
+    """
+    if not int8:
+        return _float_tiles(jnp.asarray(w)), None
+    w = np.asarray(w)
+    *lead, d, features = w.shape
+    width = tiled_matmul.padded(features)
+    q = np.zeros((*lead, d, width), np.int8)
+    scale = np.ones((*lead, width), np.float32)
+    for start in range(0, features, _COLUMNS):
+        cols = slice(start, min(start + _COLUMNS, features))
+        q[..., cols], scale[..., cols] = quantize_rows(w[..., cols], axis=-2)
+    tiles = q.reshape(*lead, d, width // tiled_matmul.BLOCK, tiled_matmul.BLOCK)
+    return jnp.asarray(np.ascontiguousarray(np.moveaxis(tiles, -2, -3))), jnp.asarray(scale)
+
+
+def tiled_leaf(name: str, w, dtype, int8: bool) -> dict:
+    """One flat checkpoint param in the tiled layout: ``'.../kernel'`` (``[.., D, F]``)
+    becomes its tiles (plus ``'.../kernel_scale'`` for int8), ``'embed/embedding'``
+    ``[V, D]`` becomes ``'embed/kernel'`` (``E^T``'s tiles, one column per id), anything
+    else is kept in ``dtype``. Lets a loader convert tensor by tensor
+    (:func:`models.loading.load_model` with ``weights=``)."""
+    parent, _, key = name.rpartition("/")
+    if key == "kernel" and np.ndim(w) >= 2:
+        tiles, scale = device_tiles(w, int8)
+        return {name: tiles} | ({} if scale is None else {f"{name}_scale": scale})
+    if parent.rpartition("/")[2] == "embed" and key == "embedding":
+        tiles, scale = device_tiles(np.asarray(w, np.float32).T, int8)
+        out = {f"{parent}/kernel": tiles}
+        return out | ({} if scale is None else {f"{parent}/kernel_scale": scale})
+    return {name: jnp.asarray(w, dtype)}
+
+
+def check_layout(config, params) -> None:
+    """Raises ValueError unless ``params`` has the tree, shapes and dtypes ``config``'s
+    decoder declares (e.g. after loading in a tiled layout)."""
+    _check_layout(config, params)
+
+
+def tiled_params(params, int8: bool, consume: bool = False) -> dict:
     """The params of a float decoder with every ``kernel`` (``[.., D, F]``, stacked or
-    not) and the ``embed`` table stored as tiles: int8 plus float32 scales, or float32."""
+    not) and the ``embed`` table stored as tiles: int8 plus float32 scales, or float32.
+
+    With ``consume`` the input dicts are emptied as their arrays are converted, so each
+    float array can be freed as soon as its tiles exist: the peak memory is the result
+    plus one matrix, not the model twice (the caller must hold no other reference).
+    """
 
     def put(out, w):
-        tiles, scale = tiles_of(w, int8)
-        out["kernel"] = jnp.asarray(tiles)
+        tiles, scale = device_tiles(w, int8)
+        out["kernel"] = tiles
         if scale is not None:
-            out["kernel_scale"] = jnp.asarray(scale)
+            out["kernel_scale"] = scale
 
     def walk(tree, name):
         if not isinstance(tree, dict):
             return tree
         out = {}
-        for key, value in tree.items():
+        for key in list(tree):
+            value = tree.pop(key) if consume else tree[key]
             if key == "kernel" and np.ndim(value) >= 2:
                 put(out, value)
             elif name == "embed" and key == "embedding":
-                put(out, np.asarray(value, np.float32).T)  # [D, V]: one column per id
+                put(out, jnp.asarray(value, jnp.float32).T)  # [D, V]: one column per id
             else:
                 out[key] = walk(value, key)
+            del value
         return out
 
-    return walk(dict(params), "")
+    return walk(params if consume else dict(params), "")
+
+
+AUTO = "auto"
+
+
+def auto_layout(role: str, dtype: str, backend: str, one_device: bool) -> str:
+    """The weight layout ``auto`` means for a ``role`` (``'target'`` or ``'draft'``) model.
+
+    The CPU kernels' layouts where they run (a CPU backend, one device, float32, the tiled
+    kernel built here: x86-64 with AVX-512 and a C++ compiler): ``'tiled'`` for a target
+    (the same model, a tree of a few tokens for little more than one token's cost) and
+    ``'int8'`` for a draft (a quarter of the bytes; any draft law stays exact). Elsewhere
+    ``'float'``, the model dtype's own layout: XLA's products on an accelerator read
+    bfloat16 or float32 weights directly, and int8 was never measured faster there.
+    """
+    if role not in ("target", "draft"):
+        raise ValueError(f"role must be 'target' or 'draft', got {role!r}")
+    if backend == "cpu" and one_device and dtype == "float32" and tiled_matmul.cpu_kernel():
+        return "tiled" if role == "target" else "int8"
+    return "float"
+
+
+def auto_dtype(backend: str, laid_out: bool) -> str:
+    """The dtype ``auto`` means: float32 on a CPU (and for the tiled layouts, which compute
+    in float32), bfloat16 on an accelerator (the head still returns float32 logits)."""
+    return "float32" if backend == "cpu" or laid_out else "bfloat16"
 
 
 def quantize_int8(model: LoadedModel) -> LoadedModel:
@@ -108,15 +202,19 @@ def tile(model: LoadedModel) -> LoadedModel:
     return convert(model, "tiled")
 
 
-def convert(model: LoadedModel, weights: str) -> LoadedModel:
-    """``model`` with ``ModelConfig.weights = weights`` ('float' returns it unchanged)."""
+def convert(model: LoadedModel, weights: str, consume: bool = False) -> LoadedModel:
+    """``model`` with ``ModelConfig.weights = weights`` ('float' returns it unchanged).
+
+    ``consume``: convert in place, emptying ``model.params`` as it goes (see
+    :func:`tiled_params`): for a caller that drops ``model`` right after.
+    """
     c = model.config
     if weights == c.weights == "float":
         return model
     if c.weights != "float":
         raise ValueError(f"{c.name or 'the model'} already has {c.weights} weights")
     config = c.replace(weights=weights)  # checks the name and the dtype
-    params = tiled_params(model.params, int8=weights == "int8")
+    params = tiled_params(model.params, int8=weights == "int8", consume=consume)
     _check_layout(config, params)
     return model._replace(config=config, params=params)
 
