@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,3 +160,28 @@ def test_int8_draft_law_differs_from_the_target_law():
     """Negative control: sampling the int8 draft itself fails the same test."""
     target, draft = _int8_pair()
     assert lawcheck.chi2_pvalue(_counts("ar", draft, None), _exact_law(target)) < lawcheck.ALPHA
+
+
+@pytest.mark.parametrize("weights", ["tiled", "int8"])
+def test_loading_in_a_layout_equals_converting_after(tmp_path, monkeypatch, weights):
+    """load_model(weights=...) converts tensor by tensor as the GGUF's cache is read; the
+    params are those of quantize.convert on the float model, bit for bit, and the device
+    layout equals the numpy reference of tiles_of."""
+    monkeypatch.setenv("RSD_JAX_CACHE", str(tmp_path / "cache"))
+    from models import load_model
+
+    config = testing.tiny_config("qwen2")
+    params = decoder.init_params(config, jax.random.PRNGKey(5), noise=0.3)
+    path = testing.write_tiny_gguf(tmp_path / "t.gguf", config, params)
+    for _ in range(2):  # converting from the GGUF, then from the cache
+        direct = load_model(path, weights=weights)
+        after = quantize.convert(load_model(path), weights)
+        assert direct.config == after.config
+        chex.assert_trees_all_equal(direct.params, after.params)
+    w = np.random.default_rng(2).standard_normal((3, 40, 130)).astype(np.float32)
+    for int8 in (True, False):
+        want, want_scale = quantize.tiles_of(w, int8)
+        got, got_scale = quantize.device_tiles(jnp.asarray(w), int8)
+        np.testing.assert_array_equal(np.asarray(got), want)
+        if int8:
+            np.testing.assert_array_equal(np.asarray(got_scale), want_scale)

@@ -183,36 +183,88 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def convert_gguf(reader, meta) -> tuple[config_lib.ModelConfig, dict[str, np.ndarray]]:
+def convert_gguf(reader, meta, out: Path | None = None):
     """Dequantizes all tensors to float32 and maps them to flat param names.
 
-    Returns:
-      (config, {'layers_0/attn/q/kernel': [D, H*E] float32, ...}); Dense kernels are stored
-      (in, out), i.e. transposed from GGUF's (out, in).
-    """
-    import gguf
+    Args:
+      reader, meta: the opened GGUF (:func:`open_gguf`).
+      out: write the tensors to this safetensors file instead, one at a time (the
+        converted cache: peak memory is one tensor, not the model), with the cache's
+        metadata (format, config, per-tensor checksums).
 
+    Returns:
+      (config, {'layers_0/attn/q/kernel': [D, H*E] float32, ...}), or (config, None) with
+      ``out``; Dense kernels are stored (in, out), i.e. transposed from GGUF's (out, in).
+    """
     names = {t.name for t in reader.tensors}
     embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embed is None:
         raise ModelFileError("GGUF file has no token_embd.weight tensor")
     config = families.from_gguf_metadata(meta, names, int(embed.shape[-1]))
-    flat = {}
-    for t in reader.tensors:
-        path = param_path(t.name)
-        if path is None:
-            continue
-        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
-        if path[-1] == "kernel":
-            w = np.ascontiguousarray(w.T)
-        if path[-1] == "scale" and config.norm == "rms_plus_one":
-            w = w - np.float32(1.0)  # stored as 1 + w (llama.cpp's Gemma convention)
-        flat["/".join(path)] = w
+    kept = [(t, param_path(t.name)) for t in reader.tensors if param_path(t.name) is not None]
     expected = expected_param_names(config)
-    missing = sorted(expected - set(flat))
+    missing = sorted(expected - {"/".join(path) for _, path in kept})
     if missing:
         raise ModelFileError(f"GGUF file lacks tensors for {missing[:5]} ({len(missing)} missing)")
-    return config, flat
+
+    def tensors():
+        import gguf
+
+        for t, path in kept:
+            w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+            if path[-1] == "kernel":
+                w = np.ascontiguousarray(w.T)
+            if path[-1] == "scale" and config.norm == "rms_plus_one":
+                w = w - np.float32(1.0)  # stored as 1 + w (llama.cpp's Gemma convention)
+            yield "/".join(path), w
+
+    if out is None:
+        return config, dict(tensors())
+    _write_safetensors(out, kept, tensors(), config)
+    return config, None
+
+
+_SUM_DIGITS = 20  # a checksum < 2**64 in fixed width, so the header's size is known first
+
+
+def _write_safetensors(out: Path, kept, tensors, config) -> None:
+    """Writes ``tensors`` (name, float32 array), in order, as one safetensors file whose
+    header is written first with fixed-width checksum placeholders, then filled in."""
+    shapes = {}
+    for t, path in kept:
+        shape = [int(x) for x in reversed(t.shape)]  # GGUF lists dims innermost first
+        if path[-1] == "kernel":
+            shape = shape[::-1]
+        shapes["/".join(path)] = shape
+
+    def header(sums: dict) -> bytes:
+        entries, offset = {}, 0
+        for name, shape in shapes.items():
+            size = 4 * int(np.prod(shape, dtype=np.int64))
+            entries[name] = {
+                "dtype": "F32",
+                "shape": shape,
+                "data_offsets": [offset, offset + size],
+            }
+            offset += size
+        meta = {"format": CACHE_FORMAT, "config": config.to_json(), "sums": json.dumps(sums)}
+        text = json.dumps({"__metadata__": meta} | entries, separators=(",", ":")).encode()
+        return text + b" " * (-len(text) % 8)
+
+    placeholder = {name: "0" * _SUM_DIGITS for name in shapes}
+    size = len(header(placeholder))
+    sums = {}
+    with open(out, "wb") as f:
+        f.write(size.to_bytes(8, "little") + header(placeholder))
+        for name, w in tensors:
+            if list(w.shape) != shapes[name]:
+                raise ModelFileError(f"tensor {name}: shape {list(w.shape)}, header {shapes[name]}")
+            sums[name] = str(checksum(w)).zfill(_SUM_DIGITS)
+            f.write(memoryview(np.ascontiguousarray(w)).cast("B"))
+        final = header(sums)
+        assert len(final) == size, "the checksums changed the header's size"
+        f.seek(8)
+        f.write(final)
 
 
 def expected_param_names(config: config_lib.ModelConfig) -> set[str]:
@@ -225,7 +277,7 @@ def expected_param_names(config: config_lib.ModelConfig) -> set[str]:
 
 def load_gguf(
     path: str | os.PathLike, dtype: str | None = None, use_cache: bool = True, opened=None,
-    scan_layers: bool = False,
+    scan_layers: bool = False, leaf=None,
 ) -> tuple[config_lib.ModelConfig, dict]:  # fmt: skip
     """Loads a GGUF checkpoint as (config, params), converting once and caching on disk.
 
@@ -235,6 +287,9 @@ def load_gguf(
       use_cache: read/write the converted float32 cache under `cache_root()/converted`.
       opened: `open_gguf(path)`'s result if the caller already has it (used on a miss).
       scan_layers: `ModelConfig.scan_layers` (params stacked over layers) or not.
+      leaf: optional ``(flat name, float32 array, dtype) -> {flat name: array}`` applied
+        to each tensor as it is read from the cache (e.g. storing it tiled), so that the
+        float params never exist all at once; not with ``scan_layers``.
 
     Returns:
       (ModelConfig, nested params dict of jax arrays).
@@ -243,8 +298,6 @@ def load_gguf(
       ModelFileError: missing, truncated or incomplete file.
       UnknownArchitectureError: not llama/qwen2/gemma3.
     """
-    from safetensors.numpy import save_file
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"GGUF file not found: {path}")
@@ -254,24 +307,27 @@ def load_gguf(
     config = cached_config(path) if use_cache else None
     if config is not None:
         config = config.replace(dtype=dtype or config.dtype, scan_layers=scan_layers)
-        params = _read_cache(cached, config.dtype, scan_layers)
+        params = _read_cache(cached, config.dtype, scan_layers, leaf)
         if params is not None:
             return config, params
     reader, meta = opened or open_gguf(path)
-    config, flat = convert_gguf(reader, meta)
-    if cached is not None:
-        # Re-hash the file being converted (the memo keyed by size and mtime could hold the
-        # digest of an earlier, good file) and store the conversion under its true digest.
-        cached = converted_path(path, known=sha256_file(path))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        remove_conversions(cached.name.split("-")[0])  # by older code, or damaged
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        sums = {name: checksum(w) for name, w in flat.items()}
-        metadata = {"format": CACHE_FORMAT, "config": config.to_json(), "sums": json.dumps(sums)}
-        save_file(flat, str(tmp), metadata=metadata)
-        tmp.replace(cached)
+    if cached is None:
+        config, flat = convert_gguf(reader, meta)
+        config = config.replace(dtype=dtype or config.dtype, scan_layers=scan_layers)
+        return config, build_params(list(flat), flat.pop, config.dtype, scan_layers)
+    # Re-hash the file being converted (the memo keyed by size and mtime could hold the
+    # digest of an earlier, good file) and store the conversion under its true digest.
+    cached = converted_path(path, known=sha256_file(path))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    remove_conversions(cached.name.split("-")[0])  # by older code, or damaged
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    config, _ = convert_gguf(reader, meta, out=tmp)  # tensor by tensor, onto disk
+    tmp.replace(cached)
     config = config.replace(dtype=dtype or config.dtype, scan_layers=scan_layers)
-    return config, build_params(list(flat), flat.pop, config.dtype, scan_layers)
+    params = _read_cache(cached, config.dtype, scan_layers, leaf)
+    if params is None:
+        raise ModelFileError(f"{cached}: the conversion just written does not read back")
+    return config, params
 
 
 def remove_conversions(digest: str) -> list[Path]:
@@ -310,22 +366,35 @@ def cached_config(path: str | os.PathLike) -> config_lib.ModelConfig | None:
     return None
 
 
-def _read_cache(cached: Path, dtype: str, stack_layers: bool):
-    """Params read tensor by tensor from a converted cache file (None if unusable)."""
-    from safetensors import SafetensorError, safe_open
+def _read_cache(cached: Path, dtype: str, stack_layers: bool, leaf=None):
+    """Params read tensor by tensor from a converted cache file (None if unusable).
 
+    Each tensor is read with ``readinto`` into its own buffer, not through a memory map: a
+    map's pages count in the process's resident memory until unmapped, so mapping a 7 GB
+    cache while building 7 GB of params would double the peak.
+    """
     try:
-        with safe_open(str(cached), "np") as f:
-            sums = json.loads((f.metadata() or {})["sums"])
+        with open(cached, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+            meta = header.pop("__metadata__", {})
+            sums, start = json.loads(meta["sums"]), 8 + size
 
             def get(name):
-                w = f.get_tensor(name)
-                if checksum(w) != sums[name]:
+                entry = header[name]
+                if entry["dtype"] != "F32":
+                    raise ValueError(f"{cached}: tensor {name} is {entry['dtype']}, not F32")
+                lo, hi = entry["data_offsets"]
+                w = np.empty(entry["shape"], np.float32)
+                f.seek(start + lo)
+                if f.readinto(memoryview(w).cast("B")) != hi - lo:
+                    raise ValueError(f"{cached}: tensor {name} is cut short")
+                if checksum(w) != int(sums[name]):
                     raise ValueError(f"{cached}: tensor {name} fails its checksum")
                 return w
 
-            return build_params(f.keys(), get, dtype, stack_layers)
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
+            return build_params(list(header), get, dtype, stack_layers, leaf)
+    except (OSError, ValueError, KeyError) as e:
         print(f"rebuilding the converted cache ({e})", file=sys.stderr)
         return None  # unreadable or damaged cache: the caller rebuilds it
 
@@ -334,8 +403,9 @@ _PER_LAYER = re.compile(r"layers_(\d+)/(.+)")
 
 
 def build_params(
-    names: Iterable[str], get: Callable[[str], np.ndarray], dtype: str, stack_layers: bool
-) -> dict:
+    names: Iterable[str], get: Callable[[str], np.ndarray], dtype: str, stack_layers: bool,
+    leaf: Callable | None = None,
+) -> dict:  # fmt: skip
     """Nested jax params from flat checkpoint tensors, one tensor at a time.
 
     Args:
@@ -347,12 +417,18 @@ def build_params(
         place layer by layer, so reading lazily (a file) the peak memory stays near the
         params' size plus one tensor; popping from an in-memory dict it can reach one
         stacked kind more (its per-layer arrays are released only as they are copied).
+      leaf: ``(name, array, dtype) -> {name: array}`` for each tensor (unstacked only);
+        default: the array in ``dtype``.
     """
     dt = jnp.dtype(dtype)
+    if leaf is not None and stack_layers:
+        raise ValueError("a per-tensor conversion needs unstacked layers")
     out, kinds = {}, {}
     for name in names:
         match = _PER_LAYER.fullmatch(name)
-        if match is None or not stack_layers:
+        if leaf is not None:
+            out.update(leaf(name, get(name), dt))
+        elif match is None or not stack_layers:
             out[name] = jnp.asarray(get(name), dt)
         else:
             kinds.setdefault(match[2], {})[int(match[1])] = name

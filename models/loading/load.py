@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 
+from models.arch import quantize
 from models.errors import ModelFileError
 from models.loaded import LoadedModel
 from models.loading import draft_dir, families, gguf_loader, hf_loader, presets
@@ -15,7 +17,7 @@ from models.loading import tokenizer as tokenizer_lib
 
 def load_model(
     name_or_path: str | os.PathLike, dtype: str | None = None, prepare: bool = True,
-    scan_layers: bool = False,
+    scan_layers: bool = False, weights: str = "float",
 ) -> LoadedModel:  # fmt: skip
     """Loads a preset (prepared on demand), a local .gguf file, or a safetensors directory.
 
@@ -25,6 +27,9 @@ def load_model(
       prepare: for presets, download and assemble the GGUF if it is not cached yet.
       scan_layers: run the blocks under a scan, params stacked over layers (faster to
         compile, slower to run on CPU; see `ModelConfig.scan_layers`).
+      weights: the layout to store the weights in (`models.arch.quantize`): 'float', or
+        'tiled' / 'int8' (float32 only), converted tensor by tensor as they load from a
+        GGUF's cache, so the float weights never exist all at once.
 
     Returns:
       LoadedModel(config, params, tokenizer); tokenizer is None for a directory without
@@ -39,9 +44,21 @@ def load_model(
         config, params = hf_loader.load_hf_dir(path, dtype, scan_layers)
         has_tok = (path / "tokenizer.json").is_file()
         model = LoadedModel(config, params, tokenizer_lib.from_files(path) if has_tok else None)
-        return draft_dir.load_extras(model, path)  # what an exported draft adds
-    config, params = gguf_loader.load_gguf(path, dtype, scan_layers=scan_layers)
+        model = draft_dir.load_extras(model, path)  # what an exported draft adds
+        return quantize.convert(model, weights, consume=True)
+    if weights == "float" or scan_layers:
+        config, params = gguf_loader.load_gguf(path, dtype, scan_layers=scan_layers)
+        model = LoadedModel(config, params, _gguf_tokenizer(path))
+        return quantize.convert(model, weights, consume=True)
+    leaf = functools.partial(_tiled, int8=weights == "int8")
+    config, params = gguf_loader.load_gguf(path, dtype, leaf=leaf)
+    config = config.replace(weights=weights)  # checks the dtype
+    quantize.check_layout(config, params)
     return LoadedModel(config, params, _gguf_tokenizer(path))
+
+
+def _tiled(name, w, dtype, int8: bool):
+    return quantize.tiled_leaf(name, w, dtype, int8)
 
 
 def _resolve(name_or_path: str | os.PathLike, prepare: bool) -> Path:
