@@ -26,13 +26,15 @@ import sys
 
 from absl import app, flags
 
-from experiments.common import distributed
+from experiments.common import distributed, runtime
 from experiments.text.chat import session, stats_line
 from rsd_jax import methods
 
 _TARGET = flags.DEFINE_string("target", "qwen2.5-coder-1.5b", "Target: preset, .gguf or HF dir.")
 _DRAFT = flags.DEFINE_string("draft", "qwen2.5-coder-0.5b", "Draft (same tokenizer); '' = none.")
-_METHOD = flags.DEFINE_string("method", "sd:5", "Method: ar, sd:L, rsd_c:b1-b2.., rsd_s:WxL, ...")
+_METHOD = flags.DEFINE_string(
+    "method", "auto", "auto (by batch size and backend), ar, sd:L, rsd_c:b1-b2.., rsd_s:WxL, ..."
+)
 _PROMPT = flags.DEFINE_string("prompt", None, "One prompt (text).")
 _CHAT_TEMPLATE = flags.DEFINE_bool(
     "chat_template", False, "Render --prompt as a user turn with the model's chat template."
@@ -48,12 +50,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed (a prompt file's line n use
 _STOP = flags.DEFINE_multi_string("stop", [], "Stop string (repeat the flag for several).")
 _COMPARE = flags.DEFINE_bool("compare_ar", False, "Also decode with AR and print the ratio.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Prompt file: lines generated together.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model dtype.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"], "Model dtype.")
 _TARGET_WEIGHTS = flags.DEFINE_enum(
-    "target_weights", "float", ["float", "tiled"], "Target weight layout (models.arch.quantize)."
+    "target_weights", "auto", ["auto", "float", "tiled"], "Target weights (models.arch.quantize)."
 )
 _DRAFT_WEIGHTS = flags.DEFINE_enum(
-    "draft_weights", "float", ["float", "tiled", "int8"], "Draft weight layout."
+    "draft_weights", "auto", ["auto", "float", "tiled", "int8"], "Draft weight layout."
 )
 _DRAFT_VOCAB = flags.DEFINE_integer("draft_vocab", 0, "Restrict the draft head to N ids; 0 = all.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar of a prompt file.")
@@ -100,22 +102,23 @@ def _one_prompt(tg, err, out) -> None:
     if _CHAT_TEMPLATE.value:
         prompt = [{"role": "user", "content": prompt}]
     req = tg.request(_METHOD.value, **_settings())
+    method = req.method.describe()
     ids = tg.encode(prompt)
     if _COMPARE.value:  # both compiled before either is timed
         ar = dataclasses.replace(req, method=methods.parse("ar"))
         tg.warm_up([ids], req)
         tg.warm_up([ids], ar)
-    stream = tg.stream(prompt, _METHOD.value, **_settings())
+    stream = tg.stream(prompt, method, **_settings())
     for piece in stream:
         out(piece)
     out("\n")
     done = stream.completion
-    err(stats_line(_METHOD.value, done.stats) + f" finish: {done.finish_reason}")
+    err(stats_line(method, done.stats) + f" finish: {done.finish_reason}")
     if _COMPARE.value:
         base = tg.decode_ids([ids], ar)[0]
         err(stats_line("ar", base.stats))
         ratio = done.stats.tokens_per_second / base.stats.tokens_per_second
-        line = f"{_METHOD.value} / AR token rate: {ratio:.2f}x"
+        line = f"{method} / AR token rate: {ratio:.2f}x"
         if _TEMPERATURE.value == 0:
             line += f"; greedy texts identical: {'yes' if base.text == done.text else 'NO'}"
         err(line)
@@ -124,7 +127,8 @@ def _one_prompt(tg, err, out) -> None:
 def _prompt_file(tg, err) -> None:
     from experiments.text import batch
 
-    defaults = {"method": _METHOD.value} | _settings()
+    method = tg.request(_METHOD.value, batch=_BATCH.value).method.describe()
+    defaults = {"method": method} | _settings()
     lines = batch.read_lines(_FILE.value, tg, defaults)
     setup = {"target": _TARGET.value, "draft": _DRAFT.value, "dtype": _DTYPE.value,
              "target_weights": _TARGET_WEIGHTS.value, "draft_weights": _DRAFT_WEIGHTS.value,
@@ -146,7 +150,7 @@ def _prompt_file(tg, err) -> None:
         return
     err(f"wrote {_OUTPUT.value}: {summary['lines']} lines ({summary['generated_now']} now)")
     if "tokens" in summary:
-        err(f"{_METHOD.value}: {summary['tokens']} tokens in {summary['seconds']:.1f} s, "
+        err(f"{method}: {summary['tokens']} tokens in {summary['seconds']:.1f} s, "
             f"{summary['tokens_per_second']:.2f} tok/s, {summary['tokens_per_call']:.2f} "
             "tokens per target call")  # fmt: skip
     if "compare_tokens" in summary:
@@ -166,6 +170,8 @@ def main(argv):
     if joined and _CHAT.value:
         raise SystemExit("error: a chat reads one terminal: run it as one process")
     main_process = distributed.is_main()
+    if main_process:
+        runtime.announce(lambda line: print(line, file=sys.stderr, flush=True))
 
     def err(line: str) -> None:
         if main_process:
@@ -176,23 +182,30 @@ def main(argv):
             sys.stdout.write(text)
             sys.stdout.flush()
 
+    from experiments.common.memory import InsufficientMemoryError
     from experiments.text.batch import BatchError
     from experiments.text.generator import GenerationError
     from models.errors import IncompatibleModelsError, ModelFileError
 
     try:
         tg = _load()
+        err(f"weights: {tg.bundle.info.get('layout')}")
         if _PROMPT.value is not None:
             distributed.exit_on_peer_failure(lambda: _one_prompt(tg, err, out))
         elif _FILE.value is not None:
             distributed.exit_on_peer_failure(lambda: _prompt_file(tg, err))
         else:
-            session(tg, _METHOD.value, _settings(), note=err)
-    except (GenerationError, BatchError, ModelFileError, IncompatibleModelsError) as e:
+            method = tg.request(_METHOD.value).method.describe()
+            session(tg, method, _settings(), note=err)
+    except (
+        GenerationError, BatchError, ModelFileError, IncompatibleModelsError,
+        InsufficientMemoryError,
+    ) as e:  # fmt: skip
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:
         raise SystemExit("interrupted") from None
 
 
 if __name__ == "__main__":
+    runtime.quiet_backend_probe()
     app.run(main)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+
+from experiments.common import policy
 from experiments.speculative import shape_search
 from rsd_jax import methods
 
@@ -92,6 +95,11 @@ def plan(settings, calibration=None) -> list[RunSpec]:
     if sweep.kind == "none":
         specs = []
         for item in items:
+            if item == policy.AUTO:
+                batch = settings.prompts.batch
+                text = policy.choose(batch, jax.default_backend())
+                specs.append(_spec(text, note=f"auto: the policy's method at batch {batch}"))
+                continue
             if ":" not in item and methods.parse_name(item)[0] != "ar":
                 raise ValueError(f"method {item!r} needs a shape here, e.g. rsd_s:3x2")
             specs.append(_spec(item))

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 
+from experiments.common import policy
 from experiments.speculative import sources
 from experiments.speculative.settings import Models
 from experiments.text.decoding import Decoding, Stream
@@ -84,16 +85,20 @@ class TextGenerator:
 
     @classmethod
     def load(
-        cls, target: str, draft: str | None = None, *, dtype: str = "float32",
-        target_weights: str = "float", draft_weights: str = "float", draft_vocab: int = 0,
+        cls, target: str, draft: str | None = None, *, dtype: str = "auto",
+        target_weights: str = "auto", draft_weights: str = "auto", draft_vocab: int = 0,
         mesh=None,
     ) -> TextGenerator:  # fmt: skip
         """Loads a pair: presets, GGUF files, HF directories or an exported draft; ``draft``
         None for AR only. The tokenizers must agree (else the first difference is named).
+        ``auto`` dtype and weights are decided for this machine
+        (:func:`experiments.speculative.sources.resolve`; ``bundle.info['layout']``).
         """
+        mesh_sizes = None if mesh is None else tuple(mesh.devices.shape)
         setup = Models(
-            target, draft or "", draft_vocab, target_weights, draft_weights, dtype, False, None
-        )
+            target, draft or "", draft_vocab, target_weights, draft_weights, dtype, False,
+            mesh_sizes,
+        )  # fmt: skip
         return cls(sources.real_models(setup), mesh=mesh)
 
     # ------------------------------------------------------------------ checks
@@ -101,8 +106,15 @@ class TextGenerator:
     def request(
         self, method: str | methods.Method, temperature: float = 1.0, top_p: float = 1.0,
         top_k: int = 0, max_new_tokens: int = 64, stop: Sequence[str] | str = (), seed: int = 0,
+        batch: int = 1,
     ) -> Request:  # fmt: skip
-        """The checked settings of a call (raises :class:`GenerationError`, one line)."""
+        """The checked settings of a call (raises :class:`GenerationError`, one line).
+
+        ``method='auto'`` takes the method :func:`experiments.common.policy.choose` gives
+        for ``batch`` rows on this backend (AR without a draft).
+        """
+        if method == policy.AUTO:
+            method = policy.choose(batch, jax.default_backend(), self.bundle.draft is not None)
         try:
             m = method if isinstance(method, methods.Method) else methods.parse(method)
         except ValueError as e:
@@ -153,14 +165,15 @@ class TextGenerator:
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, prompts: Prompt | Sequence[Prompt], method="ar", *, keys=None, **kw):
+    def generate(self, prompts: Prompt | Sequence[Prompt], method="auto", *, keys=None, **kw):
         """Completions of one prompt (a :class:`Completion`) or of a list of prompts (a
         list, in order, generated as one batch).
 
         Args:
           prompts: text, chat messages (``[{'role': 'user', 'content': ...}]``), or a list
             of either.
-          method: ``'ar'``, ``'sd:5'``, ``'rsd_s:2x4'``, ... (:func:`rsd_jax.methods.parse`).
+          method: ``'auto'`` (by batch size, :mod:`experiments.common.policy`), ``'ar'``,
+            ``'sd:5'``, ``'rsd_s:2x4'``, ... (:func:`rsd_jax.methods.parse`).
           keys: optional ``[B, 2]`` per-prompt PRNG keys (default: from ``seed``).
           **kw: ``temperature``, ``top_p``, ``top_k``, ``max_new_tokens``, ``stop``, ``seed``.
         """
@@ -168,17 +181,17 @@ class TextGenerator:
         batch = [prompts] if single else list(prompts)
         if not batch:
             raise GenerationError("no prompts given")
-        req = self.request(method, **kw)
+        req = self.request(method, batch=len(batch), **kw)
         ids = [self.encode(p, None if single else i) for i, p in enumerate(batch)]
         out = self.decode_ids(ids, req, keys=keys)
         return out[0] if single else out
 
-    def stream(self, prompt: Prompt, method="ar", **kw) -> Stream:
+    def stream(self, prompt: Prompt, method="auto", **kw) -> Stream:
         """Text pieces of one prompt's generation as rounds are accepted (see :class:`Stream`)."""
         req = self.request(method, **kw)
         return Stream(self, self.encode(prompt), req)
 
-    def chat(self, messages: Sequence[Mapping[str, str]], method="ar", stream=False, **kw):
+    def chat(self, messages: Sequence[Mapping[str, str]], method="auto", stream=False, **kw):
         """The assistant's reply to ``messages`` (the model's chat template); a
         :class:`Stream` with ``stream=True``."""
         if not (isinstance(messages, Sequence) and messages and all(map(_is_message, messages))):
