@@ -14,28 +14,55 @@ The public entry points are re-exported here. Presets are prepared with
 simply `load_model(name)`, which prepares on demand).
 """
 
-from models.arch.config import ModelConfig
-from models.arch.decoder import (
-    KVCache,
-    causal_mask,
-    check_capacity,
-    forward,
-    init_cache,
-    init_params,
-    make_forward,
-    prefill,
-)
-from models.errors import (
-    HashMismatchError,
-    IncompatibleModelsError,
-    ModelFileError,
-    PromptTooLongError,
-    UnknownArchitectureError,
-)
-from models.loaded import LoadedModel
-from models.loading import check_compatible, load_model, load_model_info
-from models.loading.presets import PRESETS
+import importlib
+
 from models.moved import install as _install_moved
+
+# The public names, imported on first use (PEP 562): importing `models` (or a stdlib-only
+# module under `experiments`, such as `experiments.common.runtime` before the install) does
+# not import JAX or Flax.
+_EXPORTS = {
+    "ModelConfig": "models.arch.config",
+    **dict.fromkeys(
+        (
+            "KVCache",
+            "causal_mask",
+            "check_capacity",
+            "forward",
+            "init_cache",
+            "init_params",
+            "make_forward",
+            "prefill",
+        ),
+        "models.arch.decoder",
+    ),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "HashMismatchError",
+            "IncompatibleModelsError",
+            "ModelFileError",
+            "PromptTooLongError",
+            "UnknownArchitectureError",
+        ),
+        "models.errors",
+    ),  # fmt: skip
+    "LoadedModel": "models.loaded",
+    **dict.fromkeys(("check_compatible", "load_model", "load_model_info"), "models.loading"),
+    "PRESETS": "models.loading.presets",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 # Modules of the flat layout, before arch/, loading/ and kernels/ (2026-12).
 _install_moved(
