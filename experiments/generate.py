@@ -102,7 +102,7 @@ def _one_prompt(tg, err, out) -> None:
     if _CHAT_TEMPLATE.value:
         prompt = [{"role": "user", "content": prompt}]
     req = tg.request(_METHOD.value, **_settings())
-    method = req.method.describe()
+    method = tg.method_text(_METHOD.value)
     ids = tg.encode(prompt)
     if _COMPARE.value:  # both compiled before either is timed
         ar = dataclasses.replace(req, method=methods.parse("ar"))
@@ -127,7 +127,7 @@ def _one_prompt(tg, err, out) -> None:
 def _prompt_file(tg, err) -> None:
     from experiments.text import batch
 
-    method = tg.request(_METHOD.value, batch=_BATCH.value).method.describe()
+    method = tg.method_text(_METHOD.value, _BATCH.value)
     defaults = {"method": method} | _settings()
     lines = batch.read_lines(_FILE.value, tg, defaults)
     setup = {"target": _TARGET.value, "draft": _DRAFT.value, "dtype": _DTYPE.value,
@@ -195,7 +195,7 @@ def main(argv):
         elif _FILE.value is not None:
             distributed.exit_on_peer_failure(lambda: _prompt_file(tg, err))
         else:
-            method = tg.request(_METHOD.value).method.describe()
+            method = tg.method_text(_METHOD.value)
             session(tg, method, _settings(), note=err)
     except (
         GenerationError, BatchError, ModelFileError, IncompatibleModelsError,

@@ -180,7 +180,7 @@ def table(result: dict) -> str:
     lines = [
         result["backend"],
         f"weights: {result['layout']}",
-        f"copy bandwidth {result['copy_bandwidth_gb_s']:.1f} GB/s",
+        f"read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s",
         "",
         "| model | weights MB | floor ms | AR step ms | AR / floor |",
         "|---|---|---|---|---|",

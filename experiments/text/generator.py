@@ -103,6 +103,13 @@ class TextGenerator:
 
     # ------------------------------------------------------------------ checks
 
+    def method_text(self, method: str | methods.Method, batch: int = 1) -> str | methods.Method:
+        """``method``, with ``'auto'`` replaced by the policy's method for ``batch`` rows on
+        this backend (:func:`experiments.common.policy.choose`; AR without a draft)."""
+        if method == policy.AUTO:
+            return policy.choose(batch, jax.default_backend(), self.bundle.draft is not None)
+        return method
+
     def request(
         self, method: str | methods.Method, temperature: float = 1.0, top_p: float = 1.0,
         top_k: int = 0, max_new_tokens: int = 64, stop: Sequence[str] | str = (), seed: int = 0,
@@ -113,8 +120,7 @@ class TextGenerator:
         ``method='auto'`` takes the method :func:`experiments.common.policy.choose` gives
         for ``batch`` rows on this backend (AR without a draft).
         """
-        if method == policy.AUTO:
-            method = policy.choose(batch, jax.default_backend(), self.bundle.draft is not None)
+        method = self.method_text(method, batch)
         try:
             m = method if isinstance(method, methods.Method) else methods.parse(method)
         except ValueError as e:
