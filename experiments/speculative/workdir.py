@@ -101,16 +101,18 @@ def _config_changes(workdir: Path, settings: Settings, info: dict | None) -> lis
         for name in now
         if tuple(was[name]) != tuple(now[name])
     ]
-    if info is not None and _stored_models(record, stored) != info:
+    if info is not None and _stored_models(record, stored, "layout" in info) != info:
         diff.append("models differ")
     return diff
 
 
-def _stored_models(record: dict, stored: dict):
+def _stored_models(record: dict, stored: dict, with_layout: bool):
     """The stored models' description; one written before the ``layout`` entry existed gets
-    the one its config implies (no ``auto`` then: the keys named the layout used)."""
+    the one its config implies (no ``auto`` then: the keys named the layout used), when
+    ``with_layout`` (the models loaded now describe theirs; sources without weights, such
+    as the toy tables, do not)."""
     models = record.get("models")
-    if isinstance(models, dict) and "layout" not in models:
+    if with_layout and isinstance(models, dict) and "layout" not in models:
         used = {k: stored.get(k, ADDED_KEYS.get(k, "float32")) for k in LAYOUT_KEYS}
         models = models | {"layout": used}
     return models
