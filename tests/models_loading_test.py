@@ -394,7 +394,9 @@ def test_conversion_of_older_code_is_rebuilt_and_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(gguf_loader, "CACHE_FORMAT", current[1])
     calls = []
     convert = gguf_loader.convert_gguf
-    monkeypatch.setattr(gguf_loader, "convert_gguf", lambda *a: calls.append(1) or convert(*a))
+    monkeypatch.setattr(
+        gguf_loader, "convert_gguf", lambda *a, **k: calls.append(1) or convert(*a, **k)
+    )
     load_model(path)
     assert calls == [1] and not old.exists() and _converted(path).is_file()
 
