@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments.bench import device
+from experiments.bench import device_check as device
 from experiments.speculative import sources
 from experiments.speculative.settings import Models
 from models import testing
