@@ -201,6 +201,7 @@ def test_greedy_methods_reproduce_ar(tmp_path):
         (default, "dataset=xsum", "unknown dataset 'xsum'"),
         (default, "auto_shape=true", "needs sweep=budget"),
         (fixed_budget, "auto_shape=best", "'auto_shape' expects a bool"),
+        (fixed_budget, "auto_rate=true", "auto_rate .* needs auto_shape=true"),
         (fixed_budget, "method=mrs/tv", "only sd, rsd_c and rsd_s take /tv"),
     ],
 )
@@ -263,6 +264,25 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
     _, logs4 = _run(tmp_path, arg + ",calibration_tokens=6", fixed_budget)
     assert not any("calibration reused" in m for m in logs4)
     assert json.loads((tmp_path / workdir_lib.CALIBRATION).read_text())["settings"]["max_new"] == 6
+
+
+def test_auto_rate_times_both_models_and_adds_a_shape_per_budget(tmp_path):
+    """auto_rate: forward costs timed once (costs.json, reused), one rate-ranked RSD-C
+    shape per budget, compared with the best hand-picked shape like auto_shape's."""
+    arg = "budgets=6+10,method=rsd_c,dataset=humaneval,num_prompts=1,max_new_tokens=8"
+    arg += ",auto_shape=true,auto_rate=true,calibration_prompts=1,calibration_shape=3-2"
+    arg += ",calibration_tokens=8,progress=false,bootstrap=20"
+    summary, logs = _run(tmp_path, arg, fixed_budget)
+    costs = json.loads((tmp_path / "costs.json").read_text())
+    assert costs["widths"][0] == [1, 7, 11]  # the target at 1 and at each B + 1
+    assert all(s > 0 for s in costs["curves"]["target"].values())
+    rate = [e for label, e in summary["methods"].items() if " auto rate " in label]
+    assert sorted(e["budget"] for e in rate) == [6, 10]
+    assert all("x AR from the measured forward costs" in e["note"] for e in rate)
+    compared = {c["auto"] for c in summary["auto_vs_hand_picked"]}
+    assert {e["label"] for e in rate} <= compared
+    _, logs2 = _run(tmp_path, arg, fixed_budget)
+    assert any("forward costs reused" in m for m in logs2)
 
 
 def test_probes_report_walk_and_traversal_on_the_same_trees(tmp_path):

@@ -192,11 +192,12 @@ SPECULATIVE_OTHER = dict(
     temperature=0.5, top_p=0.9, seed=11, lengths="2+3", width=2, budgets="6+10",
     sd_max_length=4, shape_overrides="6@rsd_s:2x3", auto_shape=True, calibration_prompts=2,
     calibration_tokens=9, calibration_shape="3-3", auto_max_depth=5, auto_draft_cost=0.2,
-    probes=True, bootstrap=77, progress=False, plots=False,
+    auto_rate=True, probes=True, bootstrap=77, progress=False, plots=False,
 )  # fmt: skip
 # Keys whose other value is only valid together with another key's.
 SPECULATIVE_WITH = {
     "auto_shape": "sweep=budget,method=sd+rsd_s",
+    "auto_rate": "sweep=budget,method=sd+rsd_s,auto_shape=true",
     "temperature": "sampling=fixed",
     "top_p": "sampling=fixed",
     "dtype": "target_weights=float,draft_weights=float",

@@ -126,3 +126,29 @@ def test_shapes_not_containing_the_chain_can_score_less():
         for seed in range(4)
     ]
     assert min(gains) < -1e-3, gains
+
+
+def test_predicted_rate_by_hand():
+    t = _table([[0.5, 0.7, 0.8]] * 2)
+    costs = ss.CostCurves(target={1: 10.0, 8: 10.0, 16: 20.0}, draft={1: 1.0, 4: 4.0})
+    assert ss.level_widths((2, 3, 1)) == [1, 2, 6]
+    assert ss.curve_seconds(costs.target, 12) == pytest.approx(15.0)
+    assert ss.curve_seconds(costs.draft, 6) == pytest.approx(6.0)  # the last slope, extended
+    # (2, 2): eta = 1 + 0.7 + 0.49; draft levels of 1 and 2 nodes (1 + 2 s); target 7 tokens
+    want = (1 + 0.7 + 0.7 * 0.7) * 10.0 / (1.0 + 2.0 + 10.0)
+    assert ss.predicted_rate(t, (2, 2), costs) == pytest.approx(want)
+    again = ss.CostCurves.from_json(costs.to_json())
+    assert again == costs
+
+
+def test_rate_choice_agrees_with_efficiency_when_forwards_are_free_of_width_and_draft():
+    """Negative control for the cost model: with a free draft and a target whose cost does
+    not grow with scored tokens, the best predicted rate is the best predicted efficiency;
+    a target that slows with width moves the choice."""
+    t = _table([[0.6, 0.75, 0.82, 0.86], [0.55, 0.7, 0.8, 0.85]])
+    flat = ss.CostCurves(target={1: 1.0}, draft={1: 0.0})
+    for budget in (6, 10, 14):
+        assert ss.best_rate_branching(t, budget, 5, flat)[0] == ss.best_branching(t, budget, 5)[0]
+    # a costly draft call: fewer levels win
+    dear = ss.CostCurves(target={1: 1.0}, draft={1: 1.0})
+    assert len(ss.best_rate_branching(t, 14, 5, dear)[0]) < len(ss.best_branching(t, 14, 5)[0])

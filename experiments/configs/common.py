@@ -110,6 +110,9 @@ SPECULATIVE_SECTIONS = {
         calibration_shape="4-4",  # wide RSD-C tree measuring acceptance by rank
         auto_max_depth=6,  # cap on L
         auto_draft_cost=0.0,  # r in eta / (1 + r L); 0 maximises block efficiency
+        # also, per budget, the RSD-C shape with the best predicted token rate on this
+        # machine: both models' forward cost by scored tokens is timed at calibration
+        auto_rate=False,
     ),
     "report": dict(
         probes=False,  # exact expected tokens/call of walk vs traversal on the same trees, ranks

@@ -16,6 +16,8 @@ def _x(entry: dict, axis: str, sweep: str):
 
 def _line(entry: dict) -> str:
     """Plot line of an entry: its method, with auto_shape choices a line of their own."""
+    if " auto rate " in entry["label"]:
+        return entry["name"] + " (auto rate)"
     return entry["name"] + (" (auto)" if " auto " in entry["label"] else "")
 
 

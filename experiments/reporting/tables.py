@@ -16,7 +16,7 @@ def format_auto_table(summary: dict) -> str:
     ]
     for c in rows:
         lines.append(
-            f"| {c['budget']} | {c['auto_shape']} | {c['auto_block_efficiency']:.3f} | "
+            f"| {c['budget']} | {c['auto'].split(' ', 1)[-1]} | {c['auto_block_efficiency']:.3f} | "
             f"{c['best_shape']} | {c['best_block_efficiency']:.3f} | "
             f"{_fmt(c['ratio'], c['ratio_ci'])} |"
         )

@@ -59,6 +59,51 @@ def calibrate(
     return table
 
 
+COSTS = "costs.json"
+
+
+def cost_widths(settings: Settings, width: int) -> tuple[list[int], list[int]]:
+    """Tokens per forward to time: the target at 1 and at every ``B + 1``; the draft at
+    powers of two up to the widest level of any candidate shape (``width`` ** depth,
+    capped by the largest budget), interpolated between."""
+    budgets = settings.sweep.budgets
+    target = sorted({1, *(b + 1 for b in budgets)})
+    widest = min(max(budgets), width ** max(settings.auto.max_depth - 1, 0))
+    draft = [1]
+    while draft[-1] < widest:
+        draft.append(draft[-1] * 2)
+    return target, draft
+
+
+def cost_curves(settings: Settings, bundle, width: int, workdir: Path, log):
+    """``auto_rate``: each model's forward seconds by scored tokens, timed on this machine
+    after 64 cached tokens (:func:`experiments.bench.round_timing.tree_cost_curve`) and
+    stored in ``WORKDIR/costs.json``; a rerun with the same widths reuses them."""
+    from experiments.bench import round_timing
+
+    target_w, draft_w = cost_widths(settings, width)
+    path = workdir / COSTS
+    reuse = None
+    if distributed.is_main() and path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("widths") == [target_w, draft_w]:
+            log(f"forward costs reused from {path}")
+            reuse = stored["curves"]
+    reuse = distributed.broadcast_json(reuse)
+    if reuse is not None:
+        return shape_search.CostCurves.from_json(reuse)
+    log(f"timing forwards: target at {target_w} tokens, draft at {draft_w}")
+    curves = shape_search.CostCurves(
+        round_timing.tree_cost_curve(bundle.target, 64, 64 + max(target_w) + 1, target_w),
+        round_timing.tree_cost_curve(bundle.draft, 64, 64 + max(draft_w) + 1, draft_w),
+    )
+    if distributed.is_main():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"widths": [target_w, draft_w], "curves": curves.to_json()}))
+        tmp.replace(path)
+    return curves
+
+
 # Calibration prompts come from another seeded draw than the evaluated ones, so they
 # do not move into (or out of) the evaluated set when num_prompts grows.
 CALIBRATION_SEED_OFFSET = 7919

@@ -48,7 +48,7 @@ from experiments.reporting import plots, tables
 from experiments.speculative import plan as plan_lib
 from experiments.speculative import shape_search, sources
 from experiments.speculative import summary as summary_lib
-from experiments.speculative.calibration import calibrate, calibration_prompts
+from experiments.speculative.calibration import calibrate, calibration_prompts, cost_curves
 from experiments.speculative.settings import Settings
 from experiments.speculative.timed import TimedGenerator, bucket_length, prompt_rng_key
 from experiments.speculative.workdir import (
@@ -209,7 +209,11 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
             settings, bundle, calib_prompts, calib_bucket, workdir, log, layout, prompts
         )
         log("Calibrated acceptance A_d(b) (mean, visited nodes):\n" + shape_search.describe(table))
-        specs = plan_lib.plan(settings, table)
+        costs = None
+        if settings.auto.rate:
+            costs = cost_curves(settings, bundle, table.width, workdir, log)
+            log(f"forward seconds by scored tokens: {costs.to_json()}")
+        specs = plan_lib.plan(settings, table, costs)
         shapes = plan_lib.describe(specs)
         log("Shapes with auto_shape=true:\n" + shapes)
         if main:

@@ -72,7 +72,7 @@ def _with_ar(specs: list[RunSpec]) -> list[RunSpec]:
     return [_spec("ar")] + rest
 
 
-def plan(settings, calibration=None) -> list[RunSpec]:
+def plan(settings, calibration=None, costs=None) -> list[RunSpec]:
     """The run specs of a job (AR always first).
 
     Args:
@@ -81,6 +81,9 @@ def plan(settings, calibration=None) -> list[RunSpec]:
         :class:`experiments.speculative.shape_search.AcceptanceTable`; each budget then
         also gets the RSD-C shape it predicts best (without it, only the other specs are
         listed).
+      costs: with ``auto.rate``, the measured
+        :class:`experiments.speculative.shape_search.CostCurves`; each budget then also
+        gets the RSD-C shape with the best predicted token rate.
 
     Raises:
       ValueError: unknown method, malformed shape, unknown sweep, or a shape that does
@@ -92,6 +95,8 @@ def plan(settings, calibration=None) -> list[RunSpec]:
         raise ValueError("config key 'method' names no method")
     if auto.enabled and sweep.kind != "budget":
         raise ValueError("auto_shape chooses shapes per target budget: it needs sweep=budget")
+    if auto.rate and not auto.enabled:
+        raise ValueError("auto_rate ranks the calibrated shapes by cost: it needs auto_shape=true")
     if sweep.kind == "none":
         specs = []
         for item in items:
@@ -110,6 +115,8 @@ def plan(settings, calibration=None) -> list[RunSpec]:
         specs = _budget_sweep(items, sweep.budgets, sweep.sd_max_length, sweep.shape_overrides)
         if auto.enabled and calibration is not None:
             specs += auto_specs(calibration, sweep.budgets, auto.max_depth, auto.draft_cost)
+            if auto.rate and costs is not None:
+                specs += auto_rate_specs(calibration, sweep.budgets, auto.max_depth, costs)
         return _with_ar(specs)
     raise ValueError(f"unknown sweep {sweep.kind!r}; choose none, length or budget")
 
@@ -230,6 +237,18 @@ def auto_specs(calibration, budgets, max_depth: int, draft_cost: float) -> list[
         what = "block efficiency" if draft_cost == 0 else f"eta/(1+{draft_cost:g}L)"
         note = f"{AUTO_NOTE} (predicted {what} {value:.3f})"
         specs.append(_spec(text, f"B={budget} auto {text}", budget, note))
+    return specs
+
+
+def auto_rate_specs(calibration, budgets, max_depth: int, costs) -> list[RunSpec]:
+    """Per budget, the RSD-C branching with the best predicted token rate on this machine
+    (:func:`shape_search.best_rate_branching`; labels ``B=.. auto rate rsd_c:..``)."""
+    specs = []
+    for budget in budgets:
+        shape, value = shape_search.best_rate_branching(calibration, budget, max_depth, costs)
+        text = "rsd_c:" + "-".join(str(b) for b in shape)
+        note = f"{AUTO_NOTE} rate (predicted {value:.2f}x AR from the measured forward costs)"
+        specs.append(_spec(text, f"B={budget} auto rate {text}", budget, note))
     return specs
 
 

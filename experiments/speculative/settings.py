@@ -31,7 +31,8 @@ Accepted ranges, by section of ``experiments/configs/common.py``:
   at most one per budget and method;
 - auto shapes: ``auto_shape`` a bool (it needs ``sweep=budget``); ``calibration_prompts``,
   ``calibration_tokens``, ``auto_max_depth`` ``>= 1``; ``calibration_shape`` an RSD-C
-  branching; ``auto_draft_cost`` a finite number ``>= 0``;
+  branching; ``auto_draft_cost`` a finite number ``>= 0``; ``auto_rate`` a bool (it needs
+  ``auto_shape=true``);
 - report: ``bootstrap >= 1``; ``probes``, ``progress``, ``plots`` bools.
 
 Values of keys that have been replaced fail with what to write instead: the former
@@ -74,7 +75,7 @@ AT_LEAST_ONE = (
     "auto_max_depth",
     "bootstrap",
 )
-BOOLS = ("scan_layers", "auto_shape", "probes", "progress", "plots")
+BOOLS = ("scan_layers", "auto_shape", "auto_rate", "probes", "progress", "plots")
 
 # The paper's sampling settings (docs/algorithms.md, Metrics): (temperature, top_p).
 PAPER_SAMPLING = {"summarise": (0.3, 1.0), "translate": (0.3, 1.0)}
@@ -199,6 +200,8 @@ class AutoShape:
       shape: the wide RSD-C branching that measures acceptance by rank (``'4-4'``).
       max_depth: cap on L.
       draft_cost: ``r`` in ``eta / (1 + r L)``; 0 maximises block efficiency.
+      rate: also the shape with the best predicted token rate from the models' forward
+        costs, timed at calibration (:func:`shape_search.predicted_rate`).
     """
 
     enabled: bool
@@ -207,6 +210,7 @@ class AutoShape:
     shape: str
     max_depth: int
     draft_cost: float
+    rate: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +297,7 @@ def _build(c) -> Settings:
         ),
         auto=AutoShape(
             c.auto_shape, c.calibration_prompts, c.calibration_tokens, c.calibration_shape,
-            c.auto_max_depth, float(c.auto_draft_cost),
+            c.auto_max_depth, float(c.auto_draft_cost), c.auto_rate,
         ),
         report=Report(c.probes, c.bootstrap, c.progress, c.plots),
         recorded=types.MappingProxyType(c.to_dict()),

@@ -147,6 +147,73 @@ def best_branching(
     return ranked[0][0], ranked[0][1], ranked
 
 
+@dataclasses.dataclass(frozen=True)
+class CostCurves:
+    """Measured seconds of one forward by the number of tokens it scores, per model.
+
+    Attributes:
+      target, draft: ``{tokens: seconds}`` (at least one point each).
+    """
+
+    target: dict
+    draft: dict
+
+    def to_json(self) -> dict:
+        return {k: {str(t): s for t, s in getattr(self, k).items()} for k in ("target", "draft")}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CostCurves:
+        return cls(*({int(t): float(s) for t, s in data[k].items()} for k in ("target", "draft")))
+
+
+def curve_seconds(curve: dict, tokens: float) -> float:
+    """The curve at ``tokens``: linear between measured points, flat before the first,
+    extended along the last segment's slope after the last."""
+    xs = np.array(sorted(curve), float)
+    ys = np.array([curve[int(x)] for x in xs])
+    if tokens <= xs[-1]:
+        return float(np.interp(tokens, xs, ys))
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) if len(xs) > 1 else 0.0
+    return float(ys[-1] + slope * (tokens - xs[-1]))
+
+
+def level_widths(branching) -> list[int]:
+    """Nodes each sequential draft call of an RSD-C round scores: 1, b_1, b_1 b_2, ..."""
+    out, width = [], 1
+    for b in branching:
+        out.append(width)
+        width *= b
+    return out
+
+
+def predicted_rate(table: AcceptanceTable, branching, costs: CostCurves) -> float:
+    """Predicted token rate over AR's: ``eta t_T(1) / (sum_l t_D(w_l) + t_T(B + 1))``.
+
+    One round costs a draft forward per level (``w_l`` nodes, :func:`level_widths`) and
+    one target forward of the ``B`` nodes and the root; AR costs one one-token target
+    forward per token. Verification, sampling and host work are left out, so this ranks
+    shapes rather than promising a rate.
+    """
+    draft = sum(curve_seconds(costs.draft, w) for w in level_widths(branching))
+    target = curve_seconds(costs.target, nodes(branching) + 1)
+    eta = predicted_efficiency(table, branching)
+    return eta * curve_seconds(costs.target, 1) / (draft + target)
+
+
+def best_rate_branching(
+    table: AcceptanceTable, budget: int, max_depth: int, costs: CostCurves
+) -> tuple[tuple[int, ...], float]:
+    """The branching of exactly ``budget`` nodes with the best :func:`predicted_rate`."""
+    candidates = shapes_for_budget(budget, table.width, max_depth)
+    if not candidates:
+        raise ValueError(
+            f"no RSD-C branching with b <= {table.width} and L <= {max_depth} has exactly "
+            f"{budget} nodes"
+        )
+    rated = [(c, predicted_rate(table, c, costs)) for c in candidates]
+    return max(rated, key=lambda x: (x[1], -len(x[0])))
+
+
 def describe(table: AcceptanceTable) -> str:
     """Markdown table of ``A_d(b)`` with counts."""
     head = "| depth | " + " | ".join(f"b={b}" for b in range(1, table.width + 1)) + " |"

@@ -155,7 +155,9 @@ def auto_vs_hand_picked(specs, keys, records, samples: int) -> list[dict]:
         rivals = [
             s
             for s in specs
-            if s.sweep_value == a.sweep_value and s.label != a.label and s.text != "ar"
+            if s.sweep_value == a.sweep_value
+            and not s.note.startswith(plan_lib.AUTO_NOTE)
+            and s.text != "ar"
         ]
         rows = {}
         for s in [a, *rivals]:
