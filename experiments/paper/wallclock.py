@@ -1,0 +1,94 @@
+"""Token rate on this machine (trees against the best chain) and a labelled projection to
+an accelerator from a cost curve of one forward against the number of scored tokens.
+
+**Measured** (:func:`trees_vs_chain`): per task and budget, the best tree method's token
+rate over the best SD chain's (any L the sweeps ran), each as a ratio to the AR of its own
+invocation, paired by prompt (:func:`experiments.paper.measures.compare_rate`).
+
+**Projected** (:func:`projected_speedup`), a model and not a measurement: a round costs ``L``
+draft forwards, each scoring ``B / L`` tokens on average, at ``rho`` times the target's cost
+for as many tokens, plus one target forward of ``B + 1`` tokens; AR costs one target
+forward of one token per token, so the speed-up is ``eta * t(1) / (L rho t(B/L) + t(B+1))``.
+Verification, sampling and host work are left out. The default curve is the issue's
+H100 measurement of a 1.7B model with plain JAX (forward milliseconds by scored tokens).
+"""
+
+from __future__ import annotations
+
+from experiments.paper import measures as ms
+from experiments.speculative import shape_search
+
+H100_1P7B_MS = {1: 6.15, 8: 5.90, 16: 5.96, 32: 6.68, 64: 6.84}
+H100_7B_MS = {1: 17.9, 64: 20.1}
+DRAFT_RATIOS = (0.1, 0.3)  # rho: a draft forward over a target forward of as many tokens
+TREES = ("SpecTr", "RSD-C", "RSD-S")
+
+
+def forward_ms(curve: dict[int, float], tokens: float) -> float:
+    """The curve at ``tokens`` (:func:`experiments.speculative.shape_search.curve_seconds`)."""
+    return shape_search.curve_seconds(curve, tokens)
+
+
+def projected_speedup(eta: float, length: int, budget: int, curve, rho: float) -> float:
+    """Projected token rate over AR of a method with block efficiency ``eta``."""
+    if length == 0:
+        return 1.0
+    draft = length * rho * forward_ms(curve, budget / length)
+    return eta * forward_ms(curve, 1) / (draft + forward_ms(curve, budget + 1))
+
+
+def trees_vs_chain(wd, points) -> tuple[list[str], list[str]]:
+    """Markdown rows: per (task, B) the best tree over the best chain in token rate, and
+    the (task, B) cells where a tree is ahead with its interval above 1."""
+    lines = [
+        "| task | B | best tree (x AR) | best chain (x AR) | tree / chain |",
+        "|---|---|---|---|---|",
+    ]
+    wins = []
+    for task in wd.tasks:
+        chains = [p for p in points if p.task == task and p.name == "SD" and p.rate_ratio]
+        if not chains:
+            continue
+        chain = max({p.text: p for p in chains}.values(), key=lambda p: p.rate_ratio)
+        for budget in sorted({p.x for p in points if p.task == task and p.name in TREES}):
+            trees = [
+                p
+                for p in points
+                if p.task == task and p.x == budget and p.name in TREES and p.rate_ratio
+            ]
+            if not trees:
+                continue
+            tree = max(trees, key=lambda p: p.rate_ratio)
+            c = ms.compare_rate(wd, tree.text, chain.text, task)
+            lines.append(
+                f"| {task} | {budget} | {tree.name} {tree.shape} ({tree.rate_ratio:.2f}) | "
+                f"SD L={chain.length} ({chain.rate_ratio:.2f}) | {_fmt(c)} |"
+            )
+            if c is not None and c.verdict == ">":
+                wins.append(f"{task}, B={budget}: {tree.name} {tree.shape}")
+    return lines, wins
+
+
+def projection(points, curve=None, rhos=DRAFT_RATIOS) -> list[str]:
+    """Markdown rows: per task and budget, the projected speed-up of the best method."""
+    curve = curve or H100_1P7B_MS
+    head = "| task | B | " + " | ".join(f"best at rho={r} (x AR)" for r in rhos) + " |"
+    lines = [head, "|---|---|" + "---|" * len(rhos)]
+    for task in dict.fromkeys(p.task for p in points):
+        for budget in sorted({p.x for p in points if p.task == task}):
+            at = [p for p in points if p.task == task and p.x == budget]
+            cells = []
+            for rho in rhos:
+                best = max(
+                    at, key=lambda p: projected_speedup(p.eta_best, p.length, p.budget, curve, rho)
+                )
+                s = projected_speedup(best.eta_best, best.length, best.budget, curve, rho)
+                cells.append(f"{best.name} {best.shape}: {s:.2f}")
+            lines.append(f"| {task} | {budget} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt(c) -> str:
+    if c is None:
+        return "-"
+    return f"{c.ratio:.3f} [{c.ci[0]:.3f}, {c.ci[1]:.3f}] {c.verdict}"
