@@ -4,6 +4,7 @@ with the same logits, and every method stays lossless with a trained draft."""
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 from pathlib import Path
 
@@ -194,6 +195,41 @@ def test_training_and_heldout_sequences_come_from_disjoint_turns(monkeypatch):
     # Asking for more sequences only appends: the first ones are unchanged.
     more, _ = distill_data.sequences(_CharTokenizer(), 16, 30, 4)
     np.testing.assert_array_equal(more.ids[:20], train.ids)
+
+
+class _ChatCharTokenizer(_CharTokenizer):
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        assert not add_generation_prompt  # whole conversations, not a prompt
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages)
+
+
+def _sharegpt(tmp_path, monkeypatch, n=60):
+    convs = []
+    for i in range(n):
+        turns = [{"from": "human", "value": f"first{i}"}, {"from": "gpt", "value": "reply"}]
+        turns += [{"from": "human", "value": f"later{i} " * 20}, {"from": "system", "value": "x"}]
+        turns += [{"from": "gpt", "value": f"answer{i} " * 20}]
+        convs.append({"id": str(i), "conversations": turns})
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(convs))
+    monkeypatch.setattr(distill_data.datasets, "locate", lambda source: path)
+
+
+def test_mix_corpus_alternates_chat_templates_and_python_code(tmp_path, monkeypatch):
+    _sharegpt(tmp_path, monkeypatch)
+    docs = distill_data.documents(_ChatCharTokenizer(), "mix", 40_000)
+    chat = [d for d in docs if d.startswith("<user>")]
+    code = [d for d in docs if not d.startswith("<user>")]
+    assert docs[0] in chat and docs[1] in code  # alternating while both kinds last
+    want = "<user>" + ("later0 " * 20).strip() + "<assistant>" + ("answer0 " * 20).strip()
+    assert chat[0] == want  # the first exchange and the system turn left out
+    assert all(d.startswith("<user>") and "first" not in d for d in chat)
+    assert len(chat) == 60 and any("def " in d for d in code)
+    assert 15_000 < sum(map(len, chat)) < 30_000 and 20_000 <= sum(map(len, code)) < 80_000
+    train, held = distill_data.sequences(_ChatCharTokenizer(), 32, 40, 4, corpus="mix")
+    assert train.ids.shape == (40, 32) and held.ids.shape == (4, 32)
+    with pytest.raises(ValueError, match="unknown corpus"):
+        distill_data.documents(_ChatCharTokenizer(), "web", 100)
 
 
 def test_teacher_laws_compute_missing_chunks_only_and_refuse_other_tokens(tmp_path):

@@ -243,6 +243,7 @@ def test_every_distill_and_toy_key_reaches_the_typed_settings():
         weight_decay=0.5, clip_norm=2.0, eval_every=4, checkpoint_every=5, seed=3,
         evaluate=False, eval_methods="sd:2", eval_dataset="chat", eval_prompts=1,
         eval_max_new_tokens=4, eval_temperatures="0.5", progress=False, plots=False,
+        corpus="mix",
     )  # fmt: skip
     toy_other = dict(vocab=5, order=2, alpha=0.3, agreement=0.2, rounds=9, draft_cost=0.3,
                      seed=4, methods="sd:2")  # fmt: skip

@@ -28,9 +28,11 @@ Keys:
     0 keeps the full vocabulary.
   freeze_embedding: prune only: keep the input embedding fixed (it is large and already
     trained); the blocks, the final norm and the head learn.
+  corpus: 'sharegpt' (later ShareGPT turns) or 'mix' (later ShareGPT conversations in the
+    target's chat template alternating with Python standard-library source: text like the
+    evaluated prompts); both are disjoint from every evaluated prompt.
   seq_len, train_sequences, heldout_sequences: training text, in sequences of seq_len
-    tokens (later ShareGPT turns, held-out turns disjoint from the training ones and from
-    every evaluated prompt).
+    tokens (held-out documents disjoint from the training ones).
   top_k, teacher_batch: the teacher's stored law per position (top-k ids + the rest of the
     mass) and its batch size; laws are cached under ~/.cache/rsd_jax/teacher.
   steps, batch, learning_rate, warmup_steps, weight_decay, clip_norm: AdamW with warm-up
@@ -57,6 +59,7 @@ DISTILL_DEFAULTS = dict(
     draft_vocab=32768,
     freeze_embedding=True,
     dtype="float32",
+    corpus="sharegpt",  # sharegpt | mix
     seq_len=128,
     train_sequences=320,
     heldout_sequences=16,

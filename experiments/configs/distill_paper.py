@@ -1,5 +1,6 @@
 """The paper-regime draft for ``python -m experiments.paper``: cheaper than the 0.5B, trained
-on eight times the default distillation's text.
+on eight times the default distillation's text, in a mix like the prompts (chat-templated
+conversations and Python code).
 
 Launch (resumable; the paper driver runs it as its ``distill`` stage):
 
@@ -19,6 +20,7 @@ from experiments.configs import common
 from experiments.configs.distill import DISTILL_DEFAULTS
 
 PAPER_DRAFT = dict(
+    corpus="mix",
     keep_layers="0+1+2+3+4+23",
     train_sequences=2560,
     heldout_sequences=32,

@@ -1,10 +1,12 @@
 """Distillation data: token sequences from registry text and the target's laws on them.
 
-Text: later ShareGPT turns (`experiments.data.datasets.vocabulary_corpus`), which no evaluated
-prompt or reference uses (those come from first turns, HumanEval and Shakespeare). Every
-20th conversation turn goes to the held-out split, the rest to training, so the two never
-share a document. Each split is one token stream (turns joined by EOS) cut into
-sequences of ``seq_len`` tokens; asking for more sequences only appends to the list.
+Text (`documents`): later ShareGPT turns (`experiments.data.datasets.vocabulary_corpus`),
+which no evaluated prompt or reference uses (those come from first turns, HumanEval and
+Shakespeare); or, with ``corpus=mix``, later conversations in the target's chat template
+alternating with Python standard-library source. Every 20th document goes to the held-out
+split, the rest to training, so the two never share a document. Each split is one token
+stream (documents joined by EOS) cut into sequences of ``seq_len`` tokens; asking for more
+sequences only appends to the list.
 
 Teacher laws: for every position of every sequence, the target's top-``k`` ids and their
 log-probabilities (temperature 1, no truncation); the mass outside them is implied. They
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.data import datasets
+from experiments.distill.settings import CORPORA
 from rsd_jax import kv_cache
 
 HELDOUT_EVERY = 20  # turn i is held out when i % HELDOUT_EVERY == 0
@@ -38,12 +41,36 @@ class Split(NamedTuple):
     ids: np.ndarray
 
 
-def _streams(tokenizer, need: dict[str, int], chars_per_token: float = 3.0) -> dict:
-    """Token streams of the train/held-out turns, at least ``need[split]`` tokens each."""
+def documents(tokenizer, corpus: str, max_chars: int) -> list[str]:
+    """The training text as documents, at most about ``max_chars`` characters.
+
+    ``sharegpt``: later ShareGPT turns, each a document. ``mix``: text like the evaluated
+    prompts, alternating two kinds: later ShareGPT conversations rendered with the
+    target's chat template (as the chat tasks' prompts are), and Python source files of
+    the standard library (code, as HumanEval's are), half the characters each.
+    """
+    if corpus == "sharegpt":
+        return datasets.vocabulary_corpus(max_chars=max_chars)
+    if corpus != "mix":
+        raise ValueError(f"unknown corpus {corpus!r}; choose one of {CORPORA}")
+    text = datasets.locate("sharegpt").read_text(encoding="utf-8", errors="replace")
+    chats = datasets.sharegpt_later_conversations(datasets.iter_json_array(text), max_chars // 2)
+    chat = [tokenizer.apply_chat_template(m, add_generation_prompt=False) for m in chats]
+    code = datasets.python_sources(max_chars // 2)
+    out = []
+    for i in range(max(len(chat), len(code))):
+        out += [kind[i] for kind in (chat, code) if i < len(kind)]
+    return out
+
+
+def _streams(
+    tokenizer, need: dict[str, int], corpus: str = "sharegpt", chars_per_token: float = 3.0
+) -> dict:
+    """Token streams of the train/held-out documents, at least ``need[split]`` tokens each."""
     eos = tokenizer.eos_id if tokenizer.eos_id >= 0 else 0
     budget = int(chars_per_token * (need["train"] + need["heldout"] * HELDOUT_EVERY)) + 200_000
     while True:
-        turns = datasets.vocabulary_corpus(max_chars=budget)
+        turns = documents(tokenizer, corpus, budget)
         out = {"train": [], "heldout": []}
         for i, text in enumerate(turns):
             split = "heldout" if i % HELDOUT_EVERY == 0 else "train"
@@ -57,11 +84,15 @@ def _streams(tokenizer, need: dict[str, int], chars_per_token: float = 3.0) -> d
         budget *= 2
 
 
-def sequences(tokenizer, seq_len: int, train: int, heldout: int) -> tuple[Split, Split]:
-    """``train`` and ``heldout`` sequences of ``seq_len`` tokens (deterministic)."""
+def sequences(
+    tokenizer, seq_len: int, train: int, heldout: int, corpus: str = "sharegpt"
+) -> tuple[Split, Split]:
+    """``train`` and ``heldout`` sequences of ``seq_len`` tokens of ``corpus``
+    (:func:`documents`; deterministic)."""
     if min(seq_len, train, heldout) < 1:
         raise ValueError("seq_len, train and heldout sequences must be >= 1")
-    streams = _streams(tokenizer, {"train": train * seq_len, "heldout": heldout * seq_len})
+    need = {"train": train * seq_len, "heldout": heldout * seq_len}
+    streams = _streams(tokenizer, need, corpus)
     cut = {"train": train, "heldout": heldout}
     out = {s: Split(streams[s][: n * seq_len].reshape(n, seq_len)) for s, n in cut.items()}
     return out["train"], out["heldout"]

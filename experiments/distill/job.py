@@ -20,6 +20,7 @@ training time and throughput, and the evaluation table.
 from __future__ import annotations
 
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -100,6 +101,8 @@ def _teacher(settings: Settings, target, train, heldout, log) -> tuple[dict, dic
         "top_k": settings.text.top_k,
         "heldout_every": distill_data.HELDOUT_EVERY,
     }
+    if settings.text.corpus != "sharegpt":  # caches made before the key existed stay valid
+        identity |= {"corpus": settings.text.corpus, "python": platform.python_version()}
     root = datasets.cache_dir().parent / "teacher"
     directory = distill_data.teacher_dir(root, identity)
     (directory / "identity.json").parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +260,7 @@ def _run_locked(settings: Settings, workdir: Path, log) -> dict:
         raise ValueError(f"{settings.target} has no tokenizer: distillation needs its text")
     text = settings.text
     train_seqs, held_seqs = distill_data.sequences(
-        target.tokenizer, text.seq_len, text.train_sequences, text.heldout_sequences
+        target.tokenizer, text.seq_len, text.train_sequences, text.heldout_sequences, text.corpus
     )
     train_laws, held_laws, teacher_seconds = _teacher(settings, target, train_seqs, held_seqs, log)
     model = build_student(settings, target, base)

@@ -25,6 +25,7 @@ AT_LEAST_ONE = (
 )  # fmt: skip
 MIN_SEQ_LEN = 8
 INITS = ("prune", "scratch")
+CORPORA = ("sharegpt", "mix")  # experiments.distill.data.documents
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Text:
     """The training text and the teacher's stored laws.
 
     Attributes:
+      corpus: ``'sharegpt'`` or ``'mix'`` (:func:`experiments.distill.data.documents`).
       seq_len, train_sequences, heldout_sequences: sequences of ``seq_len`` tokens.
       top_k, teacher_batch: the stored law per position (top-k ids + the rest of the
         mass) and the teacher's batch size.
@@ -66,6 +68,7 @@ class Text:
     heldout_sequences: int
     top_k: int
     teacher_batch: int
+    corpus: str = "sharegpt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +150,8 @@ def from_config(config) -> Settings:
             c.init, c.init_from, tuple(int(x) for x in plus_items(c.keep_layers)), c.layers,
             c.hidden, c.heads, c.kv_heads, c.mlp_hidden, c.draft_vocab, c.freeze_embedding,
         ),
-        text=Text(c.seq_len, c.train_sequences, c.heldout_sequences, c.top_k, c.teacher_batch),
+        text=Text(c.seq_len, c.train_sequences, c.heldout_sequences, c.top_k, c.teacher_batch,
+                  c.corpus),
         training=Training(
             c.steps, c.batch, float(c.learning_rate), c.warmup_steps, float(c.weight_decay),
             float(c.clip_norm), c.eval_every, c.checkpoint_every,
@@ -167,6 +171,7 @@ def _check(config) -> None:
     for key in ("target", "init_from"):
         c.text(key, "a preset name or a model path")
     c.choice("init", INITS)
+    c.choice("corpus", CORPORA)
     c.choice("dtype", DTYPES)
     c.ints("keep_layers", minimum=0)
     for key in AT_LEAST_ONE:
