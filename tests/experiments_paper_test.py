@@ -3,6 +3,7 @@ projection and the whole report, on synthetic workdirs whose answers are known."
 
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
@@ -206,6 +207,28 @@ def test_report_writes_findings_and_figures(tmp_path):
     assert "Finding 2" in text and "Finding 3" in text and "toy draft" in text
     assert (tmp_path / "out" / "fixed_budget_toy_draft.png").stat().st_size > 1000
     assert "RSD-S ahead of every rival" in text
+
+
+def test_stage_table_shares_wall_time_with_the_stages_own_invocation(tmp_path):
+    wd_path = tmp_path / "0.5b"
+    start = 1_800_000_000.0
+    inv = f"{int(start * 1e9):x}"
+    later = f"{int((start + 500) * 1e9):x}"  # another stage's run
+    rows = [
+        _rec("chat/0", "ar", "AR", inv, 32, 32, 30.0),
+        _rec("chat/0", "sd:6", "SD", inv, 8, 32, 10.0),
+    ]
+    rows += [_rec("chat/0", "sd:8", "SD", later, 8, 32, 99.0)]
+    wd = _workdir(wd_path, rows)
+    finished = datetime.datetime.fromtimestamp(start + 100).isoformat(timespec="seconds")
+    (tmp_path / "stages.jsonl").write_text(
+        json.dumps(
+            dict(regime="0.5b", stage="budget", num_prompts=1, seconds=100.0, finished=finished)
+        )
+        + "\n"
+    )
+    lines = report._stage_times(tmp_path, {"0.5b": wd})
+    assert lines[-1].startswith("| 0.5b | budget | 1 | 100 | 40 (40%) |")
 
 
 def test_run_dry_run_lists_stages_and_skips_finished_ones(tmp_path):

@@ -47,6 +47,8 @@ class Workdir:
       records: the newest record of each ``prompt|method`` key.
       ar: AR records by ``(prompt, invocation)``.
       tasks: prompt keys by dataset, in prompt order (those with an AR record).
+      invocations: ``{invocation: (start in Unix seconds, seconds of timed decoding)}``
+        over every line, replaced ones included.
     """
 
     path: Path
@@ -56,6 +58,7 @@ class Workdir:
     records: dict
     ar: dict
     tasks: dict
+    invocations: dict = dataclasses.field(default_factory=dict)
 
     def record(self, prompt: str, text: str) -> dict | None:
         return self.records.get(f"{prompt}|{text}")
@@ -75,6 +78,14 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
+def _started(invocation: str) -> float:
+    """The Unix time an invocation id (``time.time_ns()`` in hex) names; NaN if none."""
+    try:
+        return int(invocation, 16) / 1e9
+    except ValueError:
+        return float("nan")
+
+
 def read(path: str | Path, regime: str | None = None) -> Workdir:
     """Reads ``config.json`` and every line of ``results.jsonl`` of ``path``.
 
@@ -87,16 +98,20 @@ def read(path: str | Path, regime: str | None = None) -> Workdir:
     stored = json.loads((path / "config.json").read_text())
     models = stored.get("models", {})
     r = models["draft_params"] / models["target_params"]
-    records, ar, tasks = {}, {}, {}
+    records, ar, tasks, invocations = {}, {}, {}, {}
     for rec in _lines(path / "results.jsonl"):
         records[rec["key"]] = rec
+        inv = rec.get("invocation")
+        if inv:
+            start, busy = invocations.get(inv, (_started(inv), 0.0))
+            invocations[inv] = (start, busy + rec["seconds"])
         if rec["method"] == "ar":
             ar[(rec["prompt"], rec.get("invocation"))] = rec
             tasks.setdefault(rec["dataset"], [])
             if rec["prompt"] not in tasks[rec["dataset"]]:
                 tasks[rec["dataset"]].append(rec["prompt"])
     name = regime or f"{models.get('draft', '?')} draft"
-    return Workdir(path, name, stored["config"], r, records, ar, tasks)
+    return Workdir(path, name, stored["config"], r, records, ar, tasks, invocations)
 
 
 def calibration(wd: Workdir):

@@ -53,16 +53,29 @@ def _acceptance(wd, length_points) -> list[str]:
     return lines
 
 
-def _stage_times(root: Path) -> list[str]:
+def _stage_times(root: Path, workdirs: dict) -> list[str]:
+    """Each finished stage's wall time and the share of it spent in timed decoding (the
+    records of the invocation that started within the stage); the rest is loading,
+    compiling, calibrating and timing AR's warm-up."""
     path = root / "stages.jsonl"
     if not path.is_file():
         return ["(no stages.jsonl: the workdirs were filled by hand-run commands)"]
-    lines = ["| regime | stage | prompts | wall seconds | finished |", "|---|---|---|---|---|"]
+    lines = [
+        "| regime | stage | prompts | wall seconds | timed decoding seconds | finished |",
+        "|---|---|---|---|---|---|",
+    ]
     for line in path.read_text().splitlines():
         s = json.loads(line)
+        end = datetime.datetime.fromisoformat(s["finished"]).timestamp()
+        wd = workdirs.get(s["regime"])
+        busy = sum(
+            b
+            for start, b in (wd.invocations.values() if wd else ())
+            if end - s["seconds"] - 1 <= start <= end
+        )
         lines.append(
             f"| {s['regime']} | {s['stage']} | {s['num_prompts']} | {s['seconds']:.0f} | "
-            f"{s['finished']} |"
+            f"{busy:.0f} ({busy / max(s['seconds'], 1e-9):.0%}) | {s['finished']} |"
         )
     return lines
 
@@ -152,10 +165,12 @@ def write(root: Path, regimes: dict[str, Path], out: Path) -> Path:
         "compared (experiments/paper/measures.py).",
         "",
     ]
+    read = {}
     for name, path in regimes.items():
         if (path / "config.json").is_file():
-            md += regime_section(load.read(path, name), out)
-    md += ["## Stage wall times", ""] + _stage_times(root) + [""]
+            read[path.name] = load.read(path, name)
+            md += regime_section(read[path.name], out)
+    md += ["## Stage wall times", ""] + _stage_times(root, read) + [""]
     path = out / "findings.md"
     path.write_text("\n".join(md))
     return path
