@@ -287,3 +287,21 @@ def test_report_auto_section_compares_with_the_best_hand_picked(tmp_path):
     text = report.write(tmp_path, {"toy draft": wd_path}, tmp_path / "out").read_text()
     assert "auto_shape and auto_rate against the hand-picked shapes" in text
     assert "auto rate shape (predicted x AR)" in text
+
+
+def test_trees_are_compared_with_the_fastest_chain_of_any_perspective(tmp_path):
+    rows = []
+    for p in _prompts("chat", 6):
+        rows.append(_rec(p, "ar", "AR", "a", 32, 32, 12.0))
+        rows.append(_rec(p, "sd:6", "SD", "a", 8, 32, 8.0))  # 1.5x AR
+        rows.append(_rec(p, "sd:3", "SD", "a", 8, 32, 6.0))  # 2.0x AR: a fixed-length chain
+        rows.append(_rec(p, "rsd_s:3x2", "RSD-S", "a", 8, 32, 5.0))  # 2.4x AR
+    wd = _workdir(tmp_path, rows)
+    budget = ms.points(wd, "budget")
+    lines, wins = wallclock.trees_vs_chain(wd, budget, budget + ms.points(wd, "length"))
+    row = next(x for x in lines if x.startswith("| chat | 6 |"))
+    assert "SD L=3 (2.00)" in row and "1.200 [1.200, 1.200] >" in row
+    assert wins == ["chat, B=6: RSD-S beam W=3 L=2 (B=6)"]
+    # only the fixed-budget chain: the tree is 1.6x it
+    lines, _ = wallclock.trees_vs_chain(wd, budget)
+    assert "1.600" in next(x for x in lines if x.startswith("| chat | 6 |"))

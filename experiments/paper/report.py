@@ -132,7 +132,7 @@ def regime_section(wd, out: Path) -> list[str]:
     md += ["### Evidence: acceptance by depth and by sibling rank", ""]
     md += _acceptance(wd, length) + [""]
     if budget:
-        rows, wins = wallclock.trees_vs_chain(wd, budget + length)
+        rows, wins = wallclock.trees_vs_chain(wd, budget, budget + length + table)
         md += ["### Token rate on this CPU: best tree against the best chain", ""]
         md += [
             "Trees ahead of every chain (interval above 1): "

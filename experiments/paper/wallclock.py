@@ -37,19 +37,22 @@ def projected_speedup(eta: float, length: int, budget: int, curve, rho: float) -
     return eta * forward_ms(curve, 1) / (draft + forward_ms(curve, budget + 1))
 
 
-def trees_vs_chain(wd, points) -> tuple[list[str], list[str]]:
-    """Markdown rows: per (task, B) the best tree over the best chain in token rate, and
-    the (task, B) cells where a tree is ahead with its interval above 1."""
+def trees_vs_chain(wd, points, chains=None) -> tuple[list[str], list[str]]:
+    """Markdown rows: per (task, B) of the fixed-budget ``points`` the best tree over the
+    best chain in token rate, and the (task, B) cells where a tree is ahead with its
+    interval above 1. The chains are the SD points of ``chains`` (default ``points``):
+    pass every perspective's so that the best L of all counts."""
+    chains = points if chains is None else chains
     lines = [
         "| task | B | best tree (x AR) | best chain (x AR) | tree / chain |",
         "|---|---|---|---|---|",
     ]
     wins = []
     for task in wd.tasks:
-        chains = [p for p in points if p.task == task and p.name == "SD" and p.rate_ratio]
-        if not chains:
+        sds = [p for p in chains if p.task == task and p.name == "SD" and p.rate_ratio]
+        if not sds:
             continue
-        chain = max({p.text: p for p in chains}.values(), key=lambda p: p.rate_ratio)
+        chain = max({p.text: p for p in sds}.values(), key=lambda p: p.rate_ratio)
         for budget in sorted({p.x for p in points if p.task == task and p.name in TREES}):
             trees = [
                 p
