@@ -47,6 +47,18 @@ def _counts(verdicts) -> str:
     return f"{c['>']} ahead, {c['tie']} ties, {c['<']} behind, {c['few']} with too few prompts"
 
 
+def _verdicts(pairs, rule=None) -> str:
+    """The rule's verdict over the per-task cells, then over the pooled ones (:data:`ALL`);
+    ``pairs`` are ``(task, verdict)``."""
+    rule = rule or tally
+    out = []
+    for name, keep in (("per task", lambda t: t != load.ALL), ("pooled", lambda t: t == load.ALL)):
+        vs = [v for t, v in pairs if keep(t)]
+        if vs:
+            out.append(f"{name}: {rule(vs)} ({_counts(vs)})")
+    return "; ".join(out) or "no cells"
+
+
 def _by(points, **want) -> list[ms.Point]:
     return [p for p in points if all(getattr(p, k) == v for k, v in want.items())]
 
@@ -58,7 +70,7 @@ def fixed_length(wd: load.Workdir, points) -> tuple[list[str], str]:
         "|---|---|---|---|---|---|",
     ]
     verdicts = []
-    for task in wd.tasks:
+    for task in wd.task_names:
         for length in sorted({p.x for p in _by(points, task=task)}):
             at = {p.name: p.text for p in _by(points, task=task, x=length)}
             cells = [
@@ -70,9 +82,9 @@ def fixed_length(wd: load.Workdir, points) -> tuple[list[str], str]:
                     ("RSD-C", "SpecTr"),
                 )
             ]
-            verdicts += [c.verdict for c in cells if c is not None]
+            verdicts += [(task, c.verdict) for c in cells if c is not None]
             lines.append(f"| {task} | {length} | " + " | ".join(fmt(c) for c in cells) + " |")
-    return lines, tally(verdicts) + f" ({_counts(verdicts)})"
+    return lines, _verdicts(verdicts)
 
 
 def fixed_budget(wd: load.Workdir, points) -> tuple[list[str], str, str]:
@@ -82,7 +94,7 @@ def fixed_budget(wd: load.Workdir, points) -> tuple[list[str], str, str]:
         "|---|---|---|---|---|",
     ]
     cell_verdicts, growth = [], []
-    for task in wd.tasks:
+    for task in wd.task_names:
         leads = {}
         for budget in sorted({p.x for p in _by(points, task=task)}):
             at = {p.name: p for p in _by(points, task=task, x=budget)}
@@ -98,7 +110,7 @@ def fixed_budget(wd: load.Workdir, points) -> tuple[list[str], str, str]:
             vs = [c.verdict for c in comps]
             cell = "few" if "few" in vs else "<" if "<" in vs else "tie"
             cell = ">" if set(vs) == {">"} else cell
-            cell_verdicts.append(cell)
+            cell_verdicts.append((task, cell))
             each = ", ".join(f"{r.name} {c.verdict}" for r, c in zip(rivals, comps, strict=True))
             lines.append(f"| {task} | {budget} | {best.name} {best.shape} | {fmt(lead)} | {each} |")
         if len(leads) >= 2:
@@ -110,46 +122,43 @@ def fixed_budget(wd: load.Workdir, points) -> tuple[list[str], str, str]:
                     m, lambda e: (e[..., 0] / e[..., 1]) / (e[..., 2] / e[..., 3])
                 )
                 v = ms.verdict(ci, len(m))
-                growth.append(v)
+                growth.append((task, v))
                 lines.append(
                     f"| {task} | lead at B={hi} over lead at B={lo} | | "
                     f"{val:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {v} | |"
                 )
-    return (
-        lines,
-        tally(cell_verdicts) + f" ({_counts(cell_verdicts)})",
-        tally(growth) + (f" ({_counts(growth)})"),
-    )
+    return lines, _verdicts(cell_verdicts), _verdicts(growth)
 
 
 def sd_vs_rsd_c(wd: load.Workdir, points, budgets=(6, 10)) -> tuple[list[str], str]:
     """Finding 3: plain SD can beat RSD-C at small budgets when draft and target agree."""
     lines = ["| task | B | SD / RSD-C | SD acceptance at depth 1 |", "|---|---|---|---|"]
     verdicts = []
-    for task in wd.tasks:
+    for task in wd.task_names:
         for budget in budgets:
             at = {p.name: p for p in _by(points, task=task, x=budget)}
             if "SD" not in at or "RSD-C" not in at:
                 continue
             c = ms.compare_eta(wd, at["SD"].text, at["RSD-C"].text, task)
-            verdicts.append(c.verdict)
+            verdicts.append((task, c.verdict))
             acc = at["SD"].acceptance_by_depth
             first = f"{acc[0]:.2f}" if acc else "-"
             lines.append(f"| {task} | {budget} | {fmt(c)} | {first} |")
+    return lines, _verdicts(verdicts, _sd_somewhere)
+
+
+def _sd_somewhere(verdicts) -> str:
     c = Counter(verdicts)
-    verdict = (
-        "too few prompts"
-        if not (c[">"] + c["<"] + c["tie"])
-        else ("reproduced (SD ahead somewhere)" if c[">"] else "not reproduced (SD ahead nowhere)")
-    )
-    return lines, f"{verdict} ({_counts(verdicts)})"
+    if not c[">"] + c["<"] + c["tie"]:
+        return "too few prompts"
+    return "reproduced (SD ahead somewhere)" if c[">"] else "not reproduced (SD ahead nowhere)"
 
 
 def quality(wd: load.Workdir, texts, refs_by_task=None) -> tuple[list[str], str]:
     """Finding 4: quality (ROUGE-2 / BLEU against the ShareGPT reply) equals AR's."""
     lines = ["| task | method | metric | method - AR | prompts |", "|---|---|---|---|---|"]
     outside = total = 0
-    for task in wd.tasks:
+    for task in wd.task_names:
         for text in texts:
             refs = None if refs_by_task is None else refs_by_task.get(task, {})
             q = ms.quality_gap(wd, text, task, refs)
@@ -165,6 +174,8 @@ def quality(wd: load.Workdir, texts, refs_by_task=None) -> tuple[list[str], str]
                 f"[{q['ci'][0]:+.4f}, {q['ci'][1]:+.4f}]{mark} | {q['n']} |"
             )
     expected = 0.05 * total
+    if not total:
+        return lines, f"too few prompts (fewer than {ms.MIN_PROMPTS} per task)"
     return lines, (
         f"{outside} of {total} intervals exclude 0 (about {expected:.1f} expected by chance at "
         "95%): "
@@ -178,7 +189,7 @@ def quality(wd: load.Workdir, texts, refs_by_task=None) -> tuple[list[str], str]
 
 def table_shapes(wd: load.Workdir, points) -> list[str]:
     """The paper's Table shapes on this pair, per task, beside the paper's numbers."""
-    tasks = list(wd.tasks)
+    tasks = wd.task_names
     head = "| shape | L | B | paper (XSum, T=0.3) | " + " | ".join(tasks) + " |"
     lines = [head, "|---|---|---|---|" + "---|" * len(tasks)]
     for text, paper in load.PAPER_TABLE.items():
@@ -211,7 +222,7 @@ def _holds(verdicts) -> str:
     decided = c[">"] + c["<"] + c["tie"]
     if not decided:
         return "too few prompts"
-    return f"holds in {c['>'] + c['tie']} of {decided} cells ({_counts(verdicts)})"
+    return f"holds in {c['>'] + c['tie']} of {decided} cells"
 
 
 def auto_shapes(
@@ -238,7 +249,7 @@ def auto_shapes(
         best = max(rivals, key=lambda q: q.eta_best)
         c = ms.compare_eta(wd, p.text, best.text, p.task)
         same = " (same shape)" if best.text == p.text else ""
-        eff.append(c.verdict)
+        eff.append((p.task, c.verdict))
         lines.append(
             f"| {p.task} | {p.x} | {p.shape} | {best.name} {best.shape}{same} | {fmt(c)} |"
         )
@@ -251,7 +262,7 @@ def auto_shapes(
             "auto rate / fastest (token rate) |",
             "|---|---|---|---|",
         ]
-        for task in wd.tasks:
+        for task in wd.task_names:
             mine = [p for p in rated if p.task == task]
             hand = [q for q in every_point if q.task == task and q.rate_ratio]
             if not mine or not hand:
@@ -259,12 +270,12 @@ def auto_shapes(
             pick = max(mine, key=lambda p: _predicted(table, p.text, costs))
             best = max(hand, key=lambda q: q.rate_ratio)
             c = ms.compare_rate(wd, pick.text, best.text, task)
-            rate.append(c.verdict)
+            rate.append((task, c.verdict))
             rate_lines.append(
                 f"| {task} | {pick.shape} ({_predicted(table, pick.text, costs):.2f}) | "
                 f"{best.name} {best.shape} ({best.rate_ratio:.2f}) | {fmt(c)} |"
             )
-    return lines + rate_lines, _holds(eff), _holds(rate)
+    return lines + rate_lines, _verdicts(eff, _holds), _verdicts(rate, _holds)
 
 
 def _predicted(table, text: str, costs) -> float:

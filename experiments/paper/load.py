@@ -33,6 +33,7 @@ PAPER_TABLE = {
 }
 TABLE_METHODS = "ar+" + "+".join(PAPER_TABLE)
 PERSPECTIVES = ("length", "budget", "table", "auto")
+ALL = "all tasks"  # the tasks pooled: paired comparisons over every prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,17 @@ class Workdir:
     tasks: dict
     invocations: dict = dataclasses.field(default_factory=dict)
 
+    def prompts(self, task: str) -> list[str]:
+        """The prompt keys of ``task``; :data:`ALL`: every task's, pooled."""
+        if task == ALL:
+            return [p for keys in self.tasks.values() for p in keys]
+        return self.tasks.get(task, [])
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks, then :data:`ALL` when there are several."""
+        return [*self.tasks, ALL] if len(self.tasks) > 1 else list(self.tasks)
+
     def record(self, prompt: str, text: str) -> dict | None:
         return self.records.get(f"{prompt}|{text}")
 
@@ -68,6 +80,7 @@ class Workdir:
         return self.ar.get((rec["prompt"], rec.get("invocation")))
 
     def sampling(self, task: str) -> tuple[float, float]:
+        """``(temperature, top_p)`` of the task's records (NaN for none or :data:`ALL`)."""
         recs = [self.records[k] for k in self.records if k.startswith(task + "/")]
         return (recs[0]["temperature"], recs[0]["top_p"]) if recs else (float("nan"),) * 2
 

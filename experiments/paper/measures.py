@@ -85,7 +85,7 @@ def verdict(ci, n: int) -> str:
 
 
 def _records(wd: load.Workdir, text: str, task: str) -> list[dict]:
-    return [r for p in wd.tasks.get(task, []) if (r := wd.record(p, text)) is not None]
+    return [r for p in wd.prompts(task) if (r := wd.record(p, text)) is not None]
 
 
 def _has_probes(recs) -> bool:
@@ -152,7 +152,7 @@ def point(wd: load.Workdir, spec, task: str, samples: int = SAMPLES) -> Point | 
 def points(wd: load.Workdir, perspective: str, samples: int = SAMPLES) -> list[Point]:
     """Every (task, spec) point of a perspective that has records."""
     out = []
-    for task in wd.tasks:
+    for task in wd.task_names:
         for spec in load.specs(wd, perspective):
             p = point(wd, spec, task, samples)
             if p is not None:
@@ -165,7 +165,7 @@ def eta_matrix(wd: load.Workdir, texts, task: str) -> np.ndarray:
     ``task`` that all ``texts`` ran; tokens are the probes' expected tokens when every
     record has them, else the sampled ones."""
     rows = []
-    for p in wd.tasks.get(task, []):
+    for p in wd.prompts(task):
         recs = [wd.record(p, t) for t in texts]
         if all(r is not None for r in recs):
             rows.append(recs)
@@ -201,7 +201,7 @@ def compare_rate(wd: load.Workdir, a: str, b: str, task: str, samples: int = SAM
     """Paired ratio of ``a``'s token-rate ratio to its AR over ``b``'s (each against the AR
     of its own invocation, same prompt); None without a common prompt."""
     rows = []
-    for p in wd.tasks.get(task, []):
+    for p in wd.prompts(task):
         x, y = wd.record(p, a), wd.record(p, b)
         if x is None or y is None:
             continue
@@ -243,7 +243,7 @@ def quality_gap(wd: load.Workdir, text: str, task: str, refs=None, samples: int 
         return None
     refs = _references(task, wd) if refs is None else refs
     diffs = []
-    for p in wd.tasks.get(task, []):
+    for p in wd.prompts(task):
         x, y = wd.record(p, text), wd.record(p, "ar")
         if x is None or y is None or not refs.get(p):
             continue
@@ -259,6 +259,6 @@ def quality_gap(wd: load.Workdir, text: str, task: str, refs=None, samples: int 
 def _references(task: str, wd: load.Workdir) -> dict[str, str]:
     from experiments.data import datasets
 
-    num = len(wd.tasks.get(task, []))
+    num = len(wd.prompts(task))
     prompts = datasets.load_prompts(task, num, int(wd.config.get("seed", 0)))
     return {p.key: p.reference for p in prompts}

@@ -41,7 +41,7 @@ def _acceptance(wd, length_points) -> list[str]:
         "| RSD-C 3-1-1-1-1: A_0(b), b = 1..3 |",
         "|---|---|---|---|",
     ]
-    for task in wd.tasks:
+    for task in wd.task_names:
         sd = next((p for p in length_points if p.task == task and p.text == "sd:5"), None)
         rc = next(
             (p for p in length_points if p.task == task and p.text == "rsd_c:3-1-1-1-1"), None
@@ -49,7 +49,8 @@ def _acceptance(wd, length_points) -> list[str]:
         t, top_p = wd.sampling(task)
         acc = " / ".join(f"{a:.2f}" for a in sd.acceptance_by_depth) if sd else "-"
         rank = " / ".join(f"{a:.2f}" for a in rc.rank_accept[0]) if rc and rc.rank_accept else "-"
-        lines.append(f"| {task} | {t:g}, {top_p:g} | {acc} | {rank} |")
+        where = "mixed" if task == load.ALL else f"{t:g}, {top_p:g}"
+        lines.append(f"| {task} | {where} | {acc} | {rank} |")
     return lines
 
 

@@ -48,7 +48,7 @@ def trees_vs_chain(wd, points, chains=None) -> tuple[list[str], list[str]]:
         "|---|---|---|---|---|",
     ]
     wins = []
-    for task in wd.tasks:
+    for task in wd.task_names:
         sds = [p for p in chains if p.task == task and p.name == "SD" and p.rate_ratio]
         if not sds:
             continue
