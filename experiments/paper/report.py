@@ -150,7 +150,7 @@ def regime_section(wd, out: Path) -> list[str]:
             "(experiments/paper/wallclock.py). Block efficiencies are the measured ones.",
             "",
         ]
-        md += wallclock.projection(budget) + [""]
+        md += wallclock.projection(budget, budget + length + table) + [""]
     return md
 
 
