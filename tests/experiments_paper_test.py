@@ -14,6 +14,7 @@ import pytest
 from experiments.configs import common
 from experiments.paper import findings, load, report, wallclock
 from experiments.paper import measures as ms
+from experiments.speculative import shape_search
 
 TASKS = ("chat", "humaneval")
 
@@ -305,3 +306,17 @@ def test_trees_are_compared_with_the_fastest_chain_of_any_perspective(tmp_path):
     # only the fixed-budget chain: the tree is 1.6x it
     lines, _ = wallclock.trees_vs_chain(wd, budget)
     assert "1.600" in next(x for x in lines if x.startswith("| chat | 6 |"))
+
+
+def test_model_check_divides_the_measured_rate_by_the_cost_models(tmp_path):
+    rows = []
+    for task in TASKS:
+        for p in _prompts(task, 4):
+            rows.append(_rec(p, "ar", "AR", "a", 32, 32, 10.0))
+            rows.append(_rec(p, "sd:6", "SD", "a", 8, 32, 5.0, 24.0))  # eta 3, 2x AR
+    wd = _workdir(tmp_path, rows)
+    costs = shape_search.CostCurves(target={1: 1.0, 7: 1.0}, draft={1: 0.1})
+    lines = wallclock.model_check(ms.points(wd, "budget"), costs)
+    # predicted: eta 3 * 1 / (6 * 0.1 + 1) = 1.875; measured 2.0
+    assert lines[2] == "| SD chain L=6 (B=6) | 1.88 | 2.00 | 1.07 |"
+    assert len([x for x in lines if x.startswith("| SD")]) == 1  # one row per method text

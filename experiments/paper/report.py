@@ -151,6 +151,16 @@ def regime_section(wd, out: Path) -> list[str]:
             "",
         ]
         md += wallclock.projection(budget, budget + length + table) + [""]
+        _, costs = load.calibration(wd)
+        if costs is not None:
+            md += [
+                "The same cost model on this CPU, with the forward costs timed by `auto_rate` "
+                "instead of the H100 curve, against the token rate measured here (all tasks "
+                "pooled): the model leaves out verification, sampling, prefill and host work, "
+                "so the measured / predicted factor says how much to discount the projection.",
+                "",
+            ]
+            md += wallclock.model_check(budget + length, costs) + [""]
     return md
 
 

@@ -15,7 +15,10 @@ H100 measurement of a 1.7B model with plain JAX (forward milliseconds by scored 
 
 from __future__ import annotations
 
+import numpy as np
+
 from experiments.paper import measures as ms
+from experiments.paper.load import ALL
 from experiments.speculative import shape_search
 
 H100_1P7B_MS = {1: 6.15, 8: 5.90, 16: 5.96, 32: 6.68, 64: 6.84}
@@ -39,6 +42,35 @@ def projected_speedup(eta: float, length: int, budget: int, curve, rho: float) -
         return 1.0
     draft = length * rho * forward_ms(curve, budget / length)
     return eta * forward_ms(curve, 1) / (draft + forward_ms(curve, budget + 1))
+
+
+def model_check(points, costs) -> list[str]:
+    """Markdown rows: the cost model of the projection applied to this machine's measured
+    forward costs (``costs.json`` of an ``auto_rate`` run), against the token rate measured
+    here, pooled over the tasks: how optimistic the model is, before trusting it elsewhere."""
+    lines = [
+        "| method | predicted x AR | measured x AR | measured / predicted |",
+        "|---|---|---|---|",
+    ]
+    ratios, seen = [], set()
+    for p in points:
+        if p.task != ALL or not p.rate_ratio or p.length == 0 or p.text in seen:
+            continue
+        seen.add(p.text)
+        draft = p.length * forward_ms(costs.draft, p.budget / p.length)
+        pred = (
+            p.eta_best
+            * forward_ms(costs.target, 1)
+            / (draft + forward_ms(costs.target, p.budget + 1))
+        )
+        ratios.append(p.rate_ratio / pred)
+        lines.append(f"| {p.name} {p.shape} | {pred:.2f} | {p.rate_ratio:.2f} | {ratios[-1]:.2f} |")
+    if ratios:
+        lines.append(
+            f"\nMeasured over predicted: median {np.median(ratios):.2f}, range "
+            f"{min(ratios):.2f}-{max(ratios):.2f} over {len(ratios)} methods."
+        )
+    return lines
 
 
 def trees_vs_chain(wd, points, chains=None) -> tuple[list[str], list[str]]:
