@@ -320,3 +320,13 @@ def test_model_check_divides_the_measured_rate_by_the_cost_models(tmp_path):
     # predicted: eta 3 * 1 / (6 * 0.1 + 1) = 1.875; measured 2.0
     assert lines[2] == "| SD chain L=6 (B=6) | 1.88 | 2.00 | 1.07 |"
     assert len([x for x in lines if x.startswith("| SD")]) == 1  # one row per method text
+
+
+def test_sign_flip_p_is_exact_and_cannot_reject_with_four_prompts():
+    assert ms.sign_flip_p([1.0, 1.0, 1.0, 1.0]) == pytest.approx(2 / 16)  # the smallest p
+    assert ms.sign_flip_p([1.0, -1.0, 1.0, -1.0]) == 1.0
+    # 10 prompts, all ahead: only the all-plus and all-minus assignments are as extreme
+    assert ms.sign_flip_p([0.5 + 0.1 * i for i in range(10)]) == pytest.approx(2 / 1024)
+    # negative control: centred noise is not flagged
+    rng = np.random.default_rng(0)
+    assert ms.sign_flip_p(rng.normal(0, 1, 12)) > 0.05
