@@ -188,8 +188,13 @@ def quality(wd: load.Workdir, texts, refs_by_task=None) -> tuple[list[str], str]
         if flagged <= max(1, 2 * expected)
         else "more than chance: look at the flagged rows"
     )
-    smallest = min((int(r.split("|")[-2]) for r in lines[2:]), default=0)
-    note = " (with 4 prompts no row can reach p < 0.05)" if smallest <= 4 else ""
+    largest = max(int(r.split("|")[-2]) for r in lines[2:])
+    if largest <= 4:  # 2 / 2**4 = 0.125: the test cannot reject
+        return lines, (
+            f"too few prompts to test: at most {largest} per task, where the smallest "
+            "possible sign-flip p is 0.125"
+        )
+    note = ""
     return (
         lines,
         f"{flagged} of {total} rows with p < 0.05 (about {expected:.1f} by chance){note}: "
