@@ -8,10 +8,10 @@ Launch (resumable; the paper driver runs it as its ``distill`` stage):
 
 Aim: ``r <= 0.1`` with one-token acceptance of about 0.5-0.7 at T = 1 (the paper's 115M
 draft against a 7B target). Six blocks of the 0.5B (0, 1, 2, 3, 4 and the last) with a
-32,768-id head. Not yet run to the end; the time is an estimate from the measured rates of
-the default distillation on this 2-core CPU (teacher ~64 tokens/s, training ~294 tokens/s
-with four blocks): teacher laws for 2,560 x 128 tokens ~85 minutes, 1,200 steps of 8 x 128
-tokens ~1.5-2 hours. Every chunk of teacher laws and every checkpoint survives an
+32,768-id head. Not yet run to the end. Measured 2026-12-07 on the 2-core CPU: teacher laws
+at ~52 tokens/s, so 2,592 x 128 tokens take ~1 h 45 min; training (1,200 steps of 8 x 128
+tokens) is estimated at 1.5-2 hours from the default distillation's ~294 tokens/s with four
+blocks. Every chunk of teacher laws and every checkpoint survives an
 interruption. The draft is exported to ``WORKDIR/draft`` (``draft=WORKDIR/draft``).
 Keys: see ``experiments/configs/distill.py``.
 """  # noqa: E501
