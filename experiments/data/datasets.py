@@ -287,51 +287,6 @@ def vocabulary_corpus(max_chars: int = 16_000_000) -> list[str]:
     return sharegpt_later_turns(iter_json_array(text), max_chars)
 
 
-ROLES = {"human": "user", "gpt": "assistant"}
-
-
-def sharegpt_later_conversations(records: Iterable[dict], max_chars: int) -> list[list[dict]]:
-    """The turns after the first exchange of each conversation as chat messages
-    (``human`` -> user, ``gpt`` -> assistant; other speakers dropped), in file order,
-    until ``max_chars`` characters: the same text as :func:`sharegpt_later_turns`, kept
-    together per conversation so that a chat template can wrap it."""
-    out, total = [], 0
-    for rec in records:
-        messages = []
-        for turn in (rec.get("conversations") or [])[2:]:
-            text = (turn.get("value") or "").strip()
-            role = ROLES.get(turn.get("from"))
-            if text and role:
-                messages.append({"role": role, "content": text})
-                total += len(text)
-        if messages:
-            out.append(messages)
-        if total >= max_chars:
-            break
-    return out
-
-
-def python_sources(max_chars: int) -> list[str]:
-    """Source files of the running Python's standard library (PSF licence; test suites
-    left out), in sorted path order, until ``max_chars`` characters: code text that ships
-    with every Python and that no evaluated prompt (HumanEval) comes from."""
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out, total = [], 0
-    for path in sorted(root.rglob("*.py")):
-        parts = set(path.relative_to(root).parts)
-        if parts & {"test", "tests", "site-packages", "idle_test", "lib2to3"}:
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
-        if text:
-            out.append(text)
-            total += len(text)
-        if total >= max_chars:
-            break
-    return out
-
-
 def sharegpt_slice(turns: Sequence[dict], name: str) -> list[dict]:
     """``chat``: all first turns; ``summarise``/``translate``: those containing the stem."""
     if name == "chat":

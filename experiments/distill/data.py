@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,6 +41,51 @@ class Split(NamedTuple):
     ids: np.ndarray
 
 
+ROLES = {"human": "user", "gpt": "assistant"}
+
+
+def sharegpt_later_conversations(records: Iterable[dict], max_chars: int) -> list[list[dict]]:
+    """The turns after the first exchange of each conversation as chat messages
+    (``human`` -> user, ``gpt`` -> assistant; other speakers dropped), in file order,
+    until ``max_chars`` characters: the same text as :func:`sharegpt_later_turns`, kept
+    together per conversation so that a chat template can wrap it."""
+    out, total = [], 0
+    for rec in records:
+        messages = []
+        for turn in (rec.get("conversations") or [])[2:]:
+            text = (turn.get("value") or "").strip()
+            role = ROLES.get(turn.get("from"))
+            if text and role:
+                messages.append({"role": role, "content": text})
+                total += len(text)
+        if messages:
+            out.append(messages)
+        if total >= max_chars:
+            break
+    return out
+
+
+def python_sources(max_chars: int) -> list[str]:
+    """Source files of the running Python's standard library (PSF licence; test suites
+    left out), in sorted path order, until ``max_chars`` characters: code text that ships
+    with every Python and that no evaluated prompt (HumanEval) comes from."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        parts = set(path.relative_to(root).parts)
+        if parts & {"test", "tests", "site-packages", "idle_test", "lib2to3"}:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            out.append(text)
+            total += len(text)
+        if total >= max_chars:
+            break
+    return out
+
+
 def documents(tokenizer, corpus: str, max_chars: int) -> list[str]:
     """The training text as documents, at most about ``max_chars`` characters.
 
@@ -54,9 +99,9 @@ def documents(tokenizer, corpus: str, max_chars: int) -> list[str]:
     if corpus != "mix":
         raise ValueError(f"unknown corpus {corpus!r}; choose one of {CORPORA}")
     text = datasets.locate("sharegpt").read_text(encoding="utf-8", errors="replace")
-    chats = datasets.sharegpt_later_conversations(datasets.iter_json_array(text), max_chars // 2)
+    chats = sharegpt_later_conversations(datasets.iter_json_array(text), max_chars // 2)
     chat = [tokenizer.apply_chat_template(m, add_generation_prompt=False) for m in chats]
-    code = datasets.python_sources(max_chars // 2)
+    code = python_sources(max_chars // 2)
     out = []
     for i in range(max(len(chat), len(code))):
         out += [kind[i] for kind in (chat, code) if i < len(kind)]
