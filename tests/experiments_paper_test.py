@@ -250,6 +250,7 @@ def test_run_dry_run_lists_stages_and_skips_finished_ones(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     stages = [line.split(":")[0] for line in out.splitlines() if line.startswith("==")]
     assert stages == [
+        "== 0.5b lossless (0 prompts)",
         "== 0.5b length (8 prompts)",
         "== 0.5b table (8 prompts)",
         "== 0.5b auto (8 prompts)",
@@ -330,3 +331,53 @@ def test_sign_flip_p_is_exact_and_cannot_reject_with_four_prompts():
     # negative control: centred noise is not flagged
     rng = np.random.default_rng(0)
     assert ms.sign_flip_p(rng.normal(0, 1, 12)) > 0.05
+
+
+def test_lossless_section_reports_each_methods_greedy_agreement(tmp_path):
+    wd = tmp_path / "distilled"
+    wd.mkdir()
+    assert "not run" in report._lossless(wd)[0]
+    (tmp_path / "distilled_lossless").mkdir()
+    methods = {
+        "AR": {"block_efficiency": 1.0},
+        "SD L=5": {"block_efficiency": 2.5, "matches_ar": 1.0},
+        "RSD-S 6x5": {"block_efficiency": 3.25, "matches_ar": 0.875},
+    }
+    summary = {"config": {"num_prompts": 8, "max_new_tokens": 64}, "methods": methods}
+    (tmp_path / "distilled_lossless" / "summary.json").write_text(json.dumps(summary))
+    rows = [line for line in report._lossless(wd) if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["| SD L=5 | 2.50 | 1.00 |", "| RSD-S 6x5 | 3.25 | 0.88 |"]
+
+
+def test_lossless_stage_runs_every_method_greedy_on_the_regimes_draft(tmp_path):
+    from experiments.configs import default
+    from experiments.paper import __main__ as driver
+    from experiments.speculative import settings
+
+    argv = driver.lossless_command(driver.REGIMES["distilled"], tmp_path)
+    config = argv[3].split(":", 1)[1]
+    s = settings.from_config(default.get_config(config))
+    assert s.sampling.temperature == 0 and s.models.draft == str(tmp_path / "distill/draft")
+    kinds = {m.split(":")[0] for m in s.sweep.methods}
+    assert kinds == {"ar", "sd", "mrs", "spectr", "rsd_c", "rsd_s"}
+    assert argv[4] == f"--workdir={tmp_path / 'distilled_lossless'}"
+
+
+def test_draft_section_reads_the_distil_stages_summary(tmp_path):
+    assert report._draft(tmp_path) == []
+    (tmp_path / "distill").mkdir()
+    summary = {
+        "draft_params": 120e6,
+        "target_params": 1.54e9,
+        "cost": {"draft_seconds": 0.012, "target_seconds": 0.2, "r": 0.06},
+        "heldout_before": {"heldout_kl": 9.9, "heldout_agree": 0.002},
+        "heldout_after": {"heldout_kl": 1.5, "heldout_agree": 0.5},
+        "teacher_seconds": 1200.0,
+        "train_seconds": 3000.0,
+        "train_tokens_per_s": 210.0,
+        "config": {"corpus": "mix"},
+    }
+    (tmp_path / "distill" / "summary.json").write_text(json.dumps(summary))
+    text = "\n".join(report._draft(tmp_path))
+    assert "r = 0.060" in text and "120.0M parameters" in text
+    assert "KL to the target 9.90 -> 1.50" in text and "0.002 -> 0.500" in text

@@ -3,11 +3,12 @@
     python -m experiments.paper run --root=/work/runs/paper          # resumable, hours
     python -m experiments.paper report --root=/work/runs/paper --out=docs/paper
 
-``run`` works through stages, one real-model process at a time: for each draft regime and
-each prompt count of ``--prompts`` (8, 16, ... prompts in all, a quarter per task), the
-fixed-budget sweep, the fixed-length sweep, the paper's Table shapes and the calibrated
-shapes (``auto_shape`` and ``auto_rate``, per budget), each an
-``experiments.run`` of the ``speculative`` job into the regime's workdir. A stage that
+``run`` works through stages, one real-model process at a time: for each draft regime its
+greedy check (every method's output at T = 0 must equal AR's), then for each prompt count
+of ``--prompts`` (8, 16, ... prompts in all, a quarter per task), the fixed-budget sweep,
+the fixed-length sweep, the paper's Table shapes and the calibrated shapes
+(``auto_shape`` and ``auto_rate``, per budget), each an ``experiments.run`` of the
+``speculative`` job into the regime's workdir. A stage that
 finished is never run again (``ROOT/stages.jsonl`` holds each one's wall time); an
 interrupted stage resumes from its records. Growing ``--prompts`` later adds prompts to
 what is there. ``report`` needs no model: figures and findings from the records.
@@ -60,6 +61,26 @@ def stage_commands(regime: Regime, root: Path, num_prompts: int) -> list[tuple[s
         ("length", [*run, f"--config=experiments/configs/fixed_length.py:{sweep}", workdir]),
         ("table", [*run, f"--config=experiments/configs/fixed_budget.py:{table}", workdir]),
         ("auto", [*run, f"--config=experiments/configs/fixed_budget.py:{auto}", workdir]),
+    ]
+
+
+LOSSLESS_METHODS = "ar+sd:5+mrs:2x3+spectr:2x3+rsd_c:2-1-1-1+rsd_s:2x4+rsd_c:3-2-1+rsd_s:6x5"
+
+
+def lossless_command(regime: Regime, root: Path) -> list[str]:
+    """The regime's greedy check: at T = 0 every method must reproduce AR's output exactly
+    (``matches_ar`` in ``ROOT/<regime>_lossless/summary.json``)."""
+    draft = str(root / regime.draft) if regime.distill else regime.draft
+    keys = (
+        f"sampling=fixed,temperature=0,dataset={TASKS},num_prompts=8,max_new_tokens=64,"
+        f"progress=false,draft={draft},method={LOSSLESS_METHODS}"
+    )
+    return [
+        sys.executable,
+        "-m",
+        "experiments.run",
+        f"--config=experiments/configs/default.py:{keys}",
+        f"--workdir={root / (regime.name + '_lossless')}",
     ]
 
 
@@ -116,6 +137,8 @@ def run(args) -> None:
         regime = REGIMES[name]
         if regime.distill and (name, "distill", 0) not in done:
             _stage(root, name, "distill", 0, distill_command(root), args.dry_run)
+        if (name, "lossless", 0) not in done:
+            _stage(root, name, "lossless", 0, lossless_command(regime, root), args.dry_run)
         for num in counts:
             for stage, argv in stage_commands(regime, root, num):
                 if (name, stage, num) not in done:

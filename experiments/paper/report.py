@@ -81,6 +81,51 @@ def _stage_times(root: Path, workdirs: dict) -> list[str]:
     return lines
 
 
+def _lossless(path: Path) -> list[str]:
+    """The regime's greedy check (``run``'s ``lossless`` stage): per method, the share of
+    prompts whose T = 0 output equals AR's token for token."""
+    summary = path.parent / f"{path.name}_lossless" / "summary.json"
+    if not summary.is_file():
+        return ["(not run: `python -m experiments.paper run` runs it before the sweeps)"]
+    data = json.loads(summary.read_text())
+    cfg = data.get("config", {})
+    lines = [
+        f"T = 0, {cfg.get('num_prompts', '?')} prompts ({cfg.get('dataset', '?')}), "
+        f"{cfg.get('max_new_tokens', '?')} new tokens each (`{summary}`):",
+        "",
+        "| method | block efficiency | output == AR's (share of prompts) |",
+        "|---|---|---|",
+    ]
+    for label, e in data["methods"].items():
+        if "matches_ar" in e:
+            lines.append(f"| {label} | {e['block_efficiency']:.2f} | {e['matches_ar']:.2f} |")
+    return lines
+
+
+def _draft(root: Path) -> list[str]:
+    """The distilled draft's figures from the distil stage's ``summary.json``."""
+    path = root / "distill" / "summary.json"
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    b, a, c = d["heldout_before"], d["heldout_after"], d["cost"]
+    cfg = d.get("config", {}) or json.loads((root / "distill" / "config.json").read_text())
+    return [
+        "### The distilled draft (`python -m experiments.run "
+        "--config=experiments/configs/distill_paper.py`)",
+        "",
+        f"- {d['draft_params'] / 1e6:.1f}M parameters (target {d['target_params'] / 1e6:.0f}M); "
+        f"one-token forward {c['draft_seconds'] * 1e3:.1f} ms against the target's "
+        f"{c['target_seconds'] * 1e3:.1f} ms: r = {c['r']:.3f} by time on this CPU.",
+        f"- Held-out ({cfg.get('corpus', '?')} corpus) KL to the target {b['heldout_kl']:.2f} -> "
+        f"{a['heldout_kl']:.2f} nats/token; top-1 agreement {b['heldout_agree']:.3f} -> "
+        f"{a['heldout_agree']:.3f}.",
+        f"- Teacher laws {d['teacher_seconds']:.0f} s (this run's share; the rest cached), "
+        f"training {d['train_seconds']:.0f} s ({d['train_tokens_per_s']:.0f} tokens/s).",
+        "",
+    ]
+
+
 def regime_section(wd, out: Path) -> list[str]:
     length = ms.points(wd, "length")
     budget = ms.points(wd, "budget")
@@ -99,7 +144,10 @@ def regime_section(wd, out: Path) -> list[str]:
         + ".",
         "",
     ]
+    if Path(wd.path).name == "distilled":  # the regime whose draft the distil stage made
+        md += _draft(Path(wd.path).parent)
     md += [f"![{f.name}]({f.name})" for f in figs if f is not None] + [""]
+    md += ["### Lossless: greedy output equals AR's", ""] + _lossless(Path(wd.path)) + [""]
     md += ["### Interval widths (block efficiency, probe estimates)", ""]
     md += _widths(length + budget + table) + [""]
     if length:
