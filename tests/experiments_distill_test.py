@@ -141,6 +141,10 @@ def test_export_loads_back_with_identical_logits(tmp_path, restricted):
     assert loaded.config.head_vocab == model.config.head_vocab
     assert loaded.config.valid_vocab_size == cfg.valid_vocab_size
     loading.check_compatible(loaded, model._replace(config=model.config))
+    # The weightless load the speculative job checks compatibility with agrees.
+    info = loading.load_model_info(tmp_path / "draft")
+    assert info.config.valid_vocab_size == cfg.valid_vocab_size < info.config.vocab_size
+    loading.check_compatible(info, model)
     tokens = jax.random.randint(jax.random.PRNGKey(4), (2, 9), 0, cfg.valid_vocab_size)
     pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
     out = []

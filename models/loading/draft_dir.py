@@ -66,18 +66,25 @@ def export(model: LoadedModel, directory: str | os.PathLike, extra: dict | None 
 EXTRAS_FILE = "rsd_jax.json"
 
 
+def extras_config(config, directory: str | os.PathLike):
+    """``config`` with the valid vocabulary size of ``directory``'s ``rsd_jax.json``, when
+    there is one (what `load_model_info` needs of an exported draft; no weights read)."""
+    extras = Path(directory) / EXTRAS_FILE
+    if not extras.is_file():
+        return config
+    valid = json.loads(extras.read_text()).get("valid_vocab_size")
+    if valid is None:
+        return config
+    return config.replace(valid_vocab_size=min(int(valid), config.vocab_size))
+
+
 def load_extras(model: LoadedModel, directory: str | os.PathLike) -> LoadedModel:
     """Applies what `export` adds to the HF layout, when present in ``directory``: the
     valid vocabulary size of ``rsd_jax.json`` and the restricted head of
     ``draft_head.safetensors``; returns ``model`` unchanged for a plain HF directory."""
     from safetensors.numpy import load_file
 
-    extras = Path(directory) / EXTRAS_FILE
-    if extras.is_file():
-        valid = json.loads(extras.read_text()).get("valid_vocab_size")
-        if valid is not None:
-            c = model.config
-            model = model._replace(config=c.replace(valid_vocab_size=min(int(valid), c.vocab_size)))
+    model = model._replace(config=extras_config(model.config, directory))
     path = Path(directory) / HEAD_FILE
     if not path.is_file():
         return model

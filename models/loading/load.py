@@ -134,6 +134,7 @@ def load_model_info(name_or_path: str | os.PathLike, prepare: bool = True) -> Lo
             raise ModelFileError(f"{path} is not a model directory (no config.json)")
         raw = json.loads(cfg_path.read_text())
         config = families.from_hf_config(raw, hf_loader.valid_vocab_size(path))
+        config = draft_dir.extras_config(config, path)  # an exported draft's true vocabulary
         has_tok = (path / "tokenizer.json").is_file()
         return LoadedModel(config, None, tokenizer_lib.from_files(path) if has_tok else None)
     config = gguf_loader.cached_config(path)
