@@ -36,8 +36,7 @@ def _widths(points) -> list[str]:
 
 def _acceptance(wd, points) -> list[str]:
     """Evidence: acceptance by depth of the longest SD chain and A_0(b) by sibling rank of
-    the RSD-C shape widest at the root, per task (fixed-length points when there are, else
-    the fixed-budget ones)."""
+    the RSD-C shape widest at the root (then deepest), per task, over the given points."""
 
     def pick(task, name, key):
         cands = [p for p in points if p.task == task and p.name == name]
@@ -188,7 +187,7 @@ def regime_section(wd, out: Path) -> list[str]:
         ]
         md += rows + [""]
     md += ["### Evidence: acceptance by depth and by sibling rank", ""]
-    md += _acceptance(wd, length or budget) + [""]
+    md += _acceptance(wd, length + budget) + [""]
     if budget:
         rows, wins = wallclock.trees_vs_chain(wd, budget, budget + length + table)
         md += ["### Token rate on this CPU: best tree against the best chain", ""]
