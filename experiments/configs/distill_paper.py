@@ -12,8 +12,8 @@ draft against a 7B target). Six blocks of the 0.5B (0, 1, 2, 3, 4 and the last) 
 measured 2026-12-07: teacher laws at ~52-62 tokens/s (~30 min for the 102,400 tokens),
 training 3,247 s (189 tokens/s); r = 0.079 (17.7 / 222.6 ms per one-token forward);
 held-out KL 9.90 -> 4.07 nats/token, top-1 agreement 0.005 -> 0.276, overlap 0.06 -> 0.30
-(below the aim: more text and steps are the way up). Every chunk of teacher laws and every checkpoint survives an
-interruption. The draft is exported to ``WORKDIR/draft`` (``draft=WORKDIR/draft``).
+(below the aim: more text and steps are the way up). Every chunk of teacher laws and every
+checkpoint survives an interruption. The draft is exported to ``WORKDIR/draft`` (``draft=WORKDIR/draft``).
 Keys: see ``experiments/configs/distill.py``.
 """  # noqa: E501
 

@@ -8,9 +8,9 @@ greedy check (every method's output at T = 0 must equal AR's), then for each pro
 of ``--prompts`` (8, 16, ... prompts in all, a quarter per task), the fixed-budget sweep,
 the fixed-length sweep, the paper's Table shapes and the calibrated shapes
 (``auto_shape`` and ``auto_rate``, per budget), each an ``experiments.run`` of the
-``speculative`` job into the regime's workdir. A stage that
-finished is never run again (``ROOT/stages.jsonl`` holds each one's wall time); an
-interrupted stage resumes from its records. Growing ``--prompts`` later adds prompts to
+``speculative`` job into the regime's workdir. A stage that finished is never run again
+(``ROOT/stages.jsonl`` holds each one's wall time); an interrupted stage resumes from its
+records. Growing ``--prompts`` later adds prompts to
 what is there. ``report`` needs no model: figures and findings from the records.
 """
 
