@@ -14,6 +14,7 @@ import pytest
 from experiments.configs import common
 from experiments.paper import findings, load, report, wallclock
 from experiments.paper import measures as ms
+from experiments.paper.regimes import REGIMES, Regime
 from experiments.speculative import shape_search
 
 TASKS = ("chat", "humaneval")
@@ -203,7 +204,7 @@ def test_report_writes_findings_and_figures(tmp_path):
                 eta = 2 + s.budget / 10 + rng.uniform(0, 0.2)
                 rows.append(_rec(p, s.text, s.name, "a", 10, int(10 * eta), 6.0, 10 * eta))
     _workdir(wd_path, rows)
-    path = report.write(tmp_path, {"toy draft": wd_path}, tmp_path / "out")
+    path = report.write(tmp_path, [Regime("0.5b", "toy draft", "x")], tmp_path / "out")
     text = path.read_text()
     assert "Finding 2" in text and "Finding 3" in text and "toy draft" in text
     assert (tmp_path / "out" / "fixed_budget_toy_draft.png").stat().st_size > 1000
@@ -286,7 +287,7 @@ def test_report_auto_section_compares_with_the_best_hand_picked(tmp_path):
             eta = 2.5 + 0.1 * s.budget / 6
             rows.append(_rec(p, s.text, s.name, "a", 10, int(10 * eta), 5.0, 10 * eta))
     _workdir(wd_path, rows)
-    text = report.write(tmp_path, {"toy draft": wd_path}, tmp_path / "out").read_text()
+    text = report.write(tmp_path, [Regime("0.5b", "toy draft", "x")], tmp_path / "out").read_text()
     assert "auto_shape and auto_rate against the hand-picked shapes" in text
     assert "auto rate shape (predicted x AR)" in text
 
@@ -364,8 +365,9 @@ def test_lossless_stage_runs_every_method_greedy_on_the_regimes_draft(tmp_path):
 
 
 def test_draft_section_reads_the_distil_stages_summary(tmp_path):
-    assert report._draft(tmp_path) == []
-    (tmp_path / "distill").mkdir()
+    regime = REGIMES["pruned"]
+    assert report._draft(tmp_path, regime) == []
+    (tmp_path / "pruned_distill").mkdir()
     summary = {
         "draft_params": 120e6,
         "target_params": 1.54e9,
@@ -375,9 +377,40 @@ def test_draft_section_reads_the_distil_stages_summary(tmp_path):
         "teacher_seconds": 1200.0,
         "train_seconds": 3000.0,
         "train_tokens_per_s": 210.0,
-        "config": {"corpus": "mix"},
+        "config": {"corpus": "mix", "keep_layers": "0+1+23"},
     }
-    (tmp_path / "distill" / "summary.json").write_text(json.dumps(summary))
-    text = "\n".join(report._draft(tmp_path))
+    (tmp_path / "pruned_distill" / "summary.json").write_text(json.dumps(summary))
+    text = "\n".join(report._draft(tmp_path, regime))
+    assert "distill_paper_pruned.py" in text and "blocks 0+1+23 of the 0.5B" in text
+    assert report._draft(tmp_path, REGIMES["0.5b"]) == []  # a preset draft has no section
     assert "r = 0.060" in text and "120.0M parameters" in text
     assert "KL to the target 9.90 -> 1.50" in text and "0.002 -> 0.500" in text
+
+
+def test_each_distilled_regime_runs_its_own_distil_stage_first(tmp_path):
+    from experiments.paper import __main__ as driver
+
+    cmd = [sys.executable, "-m", "experiments.paper", "run", f"--root={tmp_path}"]
+    out = subprocess.run(
+        [*cmd, "--regimes=pruned+distilled", "--prompts=8", "--dry_run"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    heads = [line for line in out.splitlines() if line.startswith("== ")]
+    assert [h.split(":")[0] for h in heads[:2]] == [
+        "== pruned distill (0 prompts)",
+        "== pruned lossless (0 prompts)",
+    ]
+    assert "distill_paper_pruned.py" in heads[0] and f"{tmp_path / 'pruned_distill'}" in heads[0]
+    assert f"draft={tmp_path / 'pruned_distill' / 'draft'}" in heads[1]
+    assert any(h.startswith("== distilled distill") and "distill_paper.py" in h for h in heads)
+    # the two drafts train in separate workdirs; each config is a valid distillation
+    from experiments.distill import settings as distill_settings
+
+    dirs = set()
+    for regime in driver.REGIMES.values():
+        if regime.distill:
+            module = regime.distill_config.removesuffix(".py").replace("/", ".")
+            s = distill_settings.from_config(__import__(module, fromlist=["x"]).get_config())
+            assert s.student.init == "prune" and max(s.student.keep_layers) < 24
+            dirs.add(regime.distill_dir(tmp_path))
+    assert len(dirs) == 2

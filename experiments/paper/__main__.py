@@ -17,7 +17,6 @@ what is there. ``report`` needs no model: figures and findings from the records.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import subprocess
@@ -25,29 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.paper.regimes import REGIMES, Regime
+
 TASKS = "summarise+translate+chat+humaneval"
 COMMON = f"dataset={TASKS},probes=true,progress=false"
 
 
-@dataclasses.dataclass(frozen=True)
-class Regime:
-    """A draft regime: its workdir under the root, its draft and its label."""
-
-    name: str
-    label: str
-    draft: str  # preset, or a path relative to the root
-    distill: bool = False  # the draft is made by the distil stage first
-
-
-REGIMES = {
-    "0.5b": Regime("0.5b", "0.5B draft", "qwen2.5-coder-0.5b"),
-    "distilled": Regime("distilled", "distilled draft", "distill/draft", distill=True),
-}
-
-
 def stage_commands(regime: Regime, root: Path, num_prompts: int) -> list[tuple[str, list[str]]]:
     """``(stage, argv)`` of one prompt count of a regime, in the order they run."""
-    draft = str(root / regime.draft) if regime.distill else regime.draft
+    draft = regime.draft_arg(root)
     workdir = f"--workdir={root / regime.name}"
     base = f"{COMMON},draft={draft},num_prompts={num_prompts}"
     sweep = f"{base},method=sd+spectr+rsd_c+rsd_s"
@@ -70,7 +55,7 @@ LOSSLESS_METHODS = "ar+sd:5+mrs:2x3+spectr:2x3+rsd_c:2-1-1-1+rsd_s:2x4+rsd_c:3-2
 def lossless_command(regime: Regime, root: Path) -> list[str]:
     """The regime's greedy check: at T = 0 every method must reproduce AR's output exactly
     (``matches_ar`` in ``ROOT/<regime>_lossless/summary.json``)."""
-    draft = str(root / regime.draft) if regime.distill else regime.draft
+    draft = regime.draft_arg(root)
     keys = (
         f"sampling=fixed,temperature=0,dataset={TASKS},num_prompts=8,max_new_tokens=64,"
         f"progress=false,draft={draft},method={LOSSLESS_METHODS}"
@@ -84,13 +69,14 @@ def lossless_command(regime: Regime, root: Path) -> list[str]:
     ]
 
 
-def distill_command(root: Path) -> list[str]:
+def distill_command(regime: Regime, root: Path) -> list[str]:
+    """The distil job that makes the regime's draft (resumable)."""
     return [
         sys.executable,
         "-m",
         "experiments.run",
-        "--config=experiments/configs/distill_paper.py",
-        f"--workdir={root / 'distill'}",
+        f"--config={regime.distill_config}",
+        f"--workdir={regime.distill_dir(root)}",
     ]
 
 
@@ -136,7 +122,7 @@ def run(args) -> None:
     for name in args.regimes.split("+"):
         regime = REGIMES[name]
         if regime.distill and (name, "distill", 0) not in done:
-            _stage(root, name, "distill", 0, distill_command(root), args.dry_run)
+            _stage(root, name, "distill", 0, distill_command(regime, root), args.dry_run)
         if (name, "lossless", 0) not in done:
             _stage(root, name, "lossless", 0, lossless_command(regime, root), args.dry_run)
         for num in counts:
@@ -149,8 +135,7 @@ def report(args) -> None:
     from experiments.paper import report as report_lib
 
     root = Path(args.root)
-    regimes = {r.label: root / r.name for r in REGIMES.values()}
-    path = report_lib.write(root, regimes, Path(args.out))
+    path = report_lib.write(root, list(REGIMES.values()), Path(args.out))
     print(f"wrote {path} and its figures")
 
 
@@ -163,7 +148,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the stages (resumable)")
     r.add_argument("--root", required=True, help="directory of the regimes' workdirs")
-    r.add_argument("--regimes", default="0.5b+distilled", help=f"of {sorted(REGIMES)}, '+'")
+    r.add_argument("--regimes", default="+".join(REGIMES), help=f"of {sorted(REGIMES)}, '+'")
     r.add_argument("--prompts", default="8+16+24+32", help="prompt counts in all, increasing")
     r.add_argument("--dry_run", action="store_true", help="print the commands only")
     p = sub.add_parser("report", help="figures and findings.md from the records")

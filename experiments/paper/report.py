@@ -16,6 +16,7 @@ import numpy as np
 
 from experiments.paper import figures, findings, load, wallclock
 from experiments.paper import measures as ms
+from experiments.paper.regimes import Regime
 
 
 def _widths(points) -> list[str]:
@@ -110,19 +111,21 @@ def _lossless(path: Path) -> list[str]:
     return lines
 
 
-def _draft(root: Path) -> list[str]:
-    """The distilled draft's figures from the distil stage's ``summary.json``."""
-    path = root / "distill" / "summary.json"
-    if not path.is_file():
+def _draft(root: Path, regime: Regime) -> list[str]:
+    """The regime's distilled draft: its figures from the distil stage's ``summary.json``."""
+    workdir = regime.distill_dir(root)
+    path = workdir / "summary.json"
+    if not regime.distill or not path.is_file():
         return []
     d = json.loads(path.read_text())
     b, a, c = d["heldout_before"], d["heldout_after"], d["cost"]
-    cfg = d.get("config", {}) or json.loads((root / "distill" / "config.json").read_text())
+    cfg = d.get("config", {}) or json.loads((workdir / "config.json").read_text())
+    blocks = f"blocks {cfg['keep_layers']} of the 0.5B, " if cfg.get("keep_layers") else ""
     return [
-        "### The distilled draft (`python -m experiments.run "
-        "--config=experiments/configs/distill_paper.py`)",
+        f"### The draft (`python -m experiments.run --config={regime.distill_config}`)",
         "",
-        f"- {d['draft_params'] / 1e6:.1f}M parameters (target {d['target_params'] / 1e6:.0f}M); "
+        f"- {blocks}{d['draft_params'] / 1e6:.1f}M parameters "
+        f"(target {d['target_params'] / 1e6:.0f}M); "
         f"one-token forward {c['draft_seconds'] * 1e3:.1f} ms against the target's "
         f"{c['target_seconds'] * 1e3:.1f} ms: r = {c['r']:.3f} by time on this CPU.",
         f"- Held-out ({cfg.get('corpus', '?')} corpus) KL to the target {b['heldout_kl']:.2f} -> "
@@ -134,7 +137,7 @@ def _draft(root: Path) -> list[str]:
     ]
 
 
-def regime_section(wd, out: Path) -> list[str]:
+def regime_section(wd, out: Path, regime: Regime | None = None, root: Path | None = None):
     length = ms.points(wd, "length")
     budget = ms.points(wd, "budget")
     table = ms.points(wd, "table")
@@ -152,8 +155,8 @@ def regime_section(wd, out: Path) -> list[str]:
         + ".",
         "",
     ]
-    if Path(wd.path).name == "distilled":  # the regime whose draft the distil stage made
-        md += _draft(Path(wd.path).parent)
+    if regime is not None and root is not None:
+        md += _draft(root, regime)
     md += [f"![{f.name}]({f.name})" for f in figs if f is not None] + [""]
     md += ["### Lossless: greedy output equals AR's", ""] + _lossless(Path(wd.path)) + [""]
     md += ["### Interval widths (block efficiency, probe estimates)", ""]
@@ -220,7 +223,7 @@ def regime_section(wd, out: Path) -> list[str]:
     return md
 
 
-def write(root: Path, regimes: dict[str, Path], out: Path) -> Path:
+def write(root: Path, regimes: list[Regime], out: Path) -> Path:
     """Writes the figures and ``out/findings.md``; returns the markdown's path."""
     out.mkdir(parents=True, exist_ok=True)
     md = [
@@ -233,10 +236,11 @@ def write(root: Path, regimes: dict[str, Path], out: Path) -> Path:
         "",
     ]
     read = {}
-    for name, path in regimes.items():
+    for regime in regimes:
+        path = root / regime.name
         if (path / "config.json").is_file():
-            read[path.name] = load.read(path, name)
-            md += regime_section(read[path.name], out)
+            read[path.name] = load.read(path, regime.label)
+            md += regime_section(read[path.name], out, regime, root)
     md += ["## Stage wall times", ""] + _stage_times(root, read) + [""]
     path = out / "findings.md"
     path.write_text("\n".join(md))
