@@ -121,16 +121,19 @@ def _draft(root: Path, regime: Regime) -> list[str]:
     b, a, c = d["heldout_before"], d["heldout_after"], d["cost"]
     cfg = d.get("config", {}) or json.loads((workdir / "config.json").read_text())
     blocks = f"blocks {cfg['keep_layers']} of the 0.5B, " if cfg.get("keep_layers") else ""
+    overlap = lambda stats: stats.get("heldout_overlap", float("nan"))  # noqa: E731
     return [
         f"### The draft (`python -m experiments.run --config={regime.distill_config}`)",
         "",
         f"- {blocks}{d['draft_params'] / 1e6:.1f}M parameters "
         f"(target {d['target_params'] / 1e6:.0f}M); "
         f"one-token forward {c['draft_seconds'] * 1e3:.1f} ms against the target's "
-        f"{c['target_seconds'] * 1e3:.1f} ms: r = {c['r']:.3f} by time on this CPU.",
+        f"{c['target_seconds'] * 1e3:.1f} ms, both in {cfg.get('dtype', '?')}: r = {c['r']:.3f} "
+        "by time on this CPU (the sweeps run the draft in int8: the section's r above).",
         f"- Held-out ({cfg.get('corpus', '?')} corpus) KL to the target {b['heldout_kl']:.2f} -> "
         f"{a['heldout_kl']:.2f} nats/token; top-1 agreement {b['heldout_agree']:.3f} -> "
-        f"{a['heldout_agree']:.3f}.",
+        f"{a['heldout_agree']:.3f}; overlap (one-token acceptance bound at T = 1) "
+        f"{overlap(b):.3f} -> {overlap(a):.3f}.",
         f"- Teacher laws {d['teacher_seconds']:.0f} s (this run's share; the rest cached), "
         f"training {d['train_seconds']:.0f} s ({d['train_tokens_per_s']:.0f} tokens/s).",
         "",
