@@ -377,11 +377,11 @@ def test_draft_section_reads_the_distil_stages_summary(tmp_path):
         "teacher_seconds": 1200.0,
         "train_seconds": 3000.0,
         "train_tokens_per_s": 210.0,
-        "config": {"corpus": "mix", "keep_layers": "0+1+23"},
+        "config": {"corpus": "mix", "keep_layers": "0+1+23", "init_from": "qwen2.5-coder-0.5b"},
     }
     (tmp_path / "pruned_distill" / "summary.json").write_text(json.dumps(summary))
     text = "\n".join(report._draft(tmp_path, regime))
-    assert "distill_paper_pruned.py" in text and "blocks 0+1+23 of the 0.5B" in text
+    assert "distill_paper_pruned.py" in text and "blocks 0+1+23 of qwen2.5-coder-0.5b" in text
     assert report._draft(tmp_path, REGIMES["0.5b"]) == []  # a preset draft has no section
     assert "r = 0.060" in text and "120.0M parameters" in text
     assert "KL to the target 9.90 -> 1.50" in text and "0.002 -> 0.500" in text

@@ -120,7 +120,8 @@ def _draft(root: Path, regime: Regime) -> list[str]:
     d = json.loads(path.read_text())
     b, a, c = d["heldout_before"], d["heldout_after"], d["cost"]
     cfg = d.get("config", {}) or json.loads((workdir / "config.json").read_text())
-    blocks = f"blocks {cfg['keep_layers']} of the 0.5B, " if cfg.get("keep_layers") else ""
+    base = cfg.get("init_from", "the base model")
+    blocks = f"blocks {cfg['keep_layers']} of {base}, " if cfg.get("keep_layers") else ""
     overlap = lambda stats: stats.get("heldout_overlap", float("nan"))  # noqa: E731
     return [
         f"### The draft (`python -m experiments.run --config={regime.distill_config}`)",
