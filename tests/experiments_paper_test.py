@@ -277,9 +277,16 @@ def test_report_auto_section_compares_with_the_best_hand_picked(tmp_path):
     (wd_path / "costs.json").write_text(json.dumps({"widths": [], "curves": curves}))
     config = dict(common.speculative(None, sweep="budget", dataset="chat"))
     bare = load.Workdir(wd_path, "x", config, 0.1, {}, {}, {})
-    specs = {s.text: s for p in ("budget", "auto") for s in load.specs(bare, p)}
     auto = load.specs(bare, "auto")
     assert {s.label.split()[1] for s in auto} == {"auto"} and len(auto) == 10
+    # the race's winner joins the auto shapes, once, at its own budget
+    rates = {"rsd_c:3-1": 1.0, "rsd_c:1-1": 1.2, "rsd_c:2-2": 0.9}
+    race = {"settings": {}, "rates": rates}
+    (wd_path / "race.json").write_text(json.dumps(race))
+    auto = load.specs(bare, "auto")
+    assert [s.label for s in auto if "raced" in s.label] == ["B=2 auto rate raced rsd_c:1-1"]
+    assert len(auto) == 11
+    specs = {s.text: s for p in ("budget", "auto") for s in load.specs(bare, p)}
     rows = []
     for p in _prompts("chat", 6):
         rows.append(_rec(p, "ar", "AR", "a", 32, 32, 10.0))
@@ -290,6 +297,8 @@ def test_report_auto_section_compares_with_the_best_hand_picked(tmp_path):
     text = report.write(tmp_path, [Regime("0.5b", "toy draft", "x")], tmp_path / "out").read_text()
     assert "auto_shape and auto_rate against the hand-picked shapes" in text
     assert "auto rate shape (predicted x AR)" in text
+    rows = [x for x in text.splitlines() if "raced)" in x]
+    assert len(rows) == 1 and rows[0].startswith("| chat | branching 1-1 (B=2, L=2) (")
 
 
 def test_trees_are_compared_with_the_fastest_chain_of_any_perspective(tmp_path):

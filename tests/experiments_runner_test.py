@@ -268,7 +268,9 @@ def test_auto_shapes_are_calibrated_run_and_reported(tmp_path):
 
 def test_auto_rate_times_both_models_and_adds_a_shape_per_budget(tmp_path):
     """auto_rate: forward costs timed once (costs.json, reused), one rate-ranked RSD-C
-    shape per budget, compared with the best hand-picked shape like auto_shape's."""
+    shape per budget, compared with the best hand-picked shape like auto_shape's, and
+    the cost model's finalists raced on the calibration prompts (race.json, reused): the
+    fastest of them is run too."""
     arg = "budgets=6+10,method=rsd_c,dataset=humaneval,num_prompts=1,max_new_tokens=8"
     arg += ",auto_shape=true,auto_rate=true,calibration_prompts=1,calibration_shape=3-2"
     arg += ",calibration_tokens=8,progress=false,bootstrap=20"
@@ -276,13 +278,27 @@ def test_auto_rate_times_both_models_and_adds_a_shape_per_budget(tmp_path):
     costs = json.loads((tmp_path / "costs.json").read_text())
     assert costs["widths"][0] == [1, 7, 11]  # the target at 1 and at each B + 1
     assert all(s > 0 for s in costs["curves"]["target"].values())
-    rate = [e for label, e in summary["methods"].items() if " auto rate " in label]
+    labels = summary["methods"]
+    rate = [e for label, e in labels.items() if " auto rate " in label and "raced" not in label]
     assert sorted(e["budget"] for e in rate) == [6, 10]
     assert all("x AR from the measured forward costs" in e["note"] for e in rate)
     compared = {c["auto"] for c in summary["auto_vs_hand_picked"]}
     assert {e["label"] for e in rate} <= compared
+    stored = json.loads((tmp_path / workdir_lib.RACE).read_text())
+    raced = stored["settings"]["methods"]
+    assert 4 <= len(raced) <= 5 and any(set(t[6:].split("-")) == {"1"} for t in raced)
+    assert (
+        stored["settings"]["prompts"]
+        == json.loads((tmp_path / workdir_lib.CALIBRATION).read_text())["settings"]["prompts"]
+    )  # raced on the calibration prompts, never the evaluated
+    assert all(r > 0 for r in stored["rates"].values())
+    best = max(raced, key=lambda t: stored["rates"][t])
+    won = [e for label, e in labels.items() if " auto rate raced " in label]
+    assert [e["text"] for e in won] == [best] and won[0]["budget"] <= 10
+    assert any(f"fastest {best}" in m for m in logs)
     _, logs2 = _run(tmp_path, arg, fixed_budget)
     assert any("forward costs reused" in m for m in logs2)
+    assert any("race reused" in m for m in logs2) and any("0 to run" in m for m in logs2)
 
 
 def test_probes_report_walk_and_traversal_on_the_same_trees(tmp_path):

@@ -158,7 +158,8 @@ def _run(workdir, arg=ARG, **kw):
 @pytest.mark.parametrize("results", [None, "", "\n", '{"key": "humaneval/s0-0|ar", "tok'])
 def test_config_without_results_is_replaced_not_refused(tmp_path, results):
     """A run that failed before its first record leaves config.json: a rerun with other
-    result-affecting settings replaces it (and drops a calibration made under it)."""
+    result-affecting settings replaces it (and drops the calibration, forward costs and race
+    made under it)."""
 
     class NoPrompts(Exception):
         pass
@@ -171,11 +172,13 @@ def test_config_without_results_is_replaced_not_refused(tmp_path, results):
     assert json.loads((tmp_path / workdir_lib.CONFIG).read_text())["config"]["seed"] == 5
     if results is not None:
         (tmp_path / workdir_lib.RESULTS).write_text(results)
-    (tmp_path / workdir_lib.CALIBRATION).write_text("{}")
+    made_under_it = (workdir_lib.CALIBRATION, workdir_lib.COSTS, workdir_lib.RACE)
+    for name in made_under_it:
+        (tmp_path / name).write_text("{}")
     logs = _run(tmp_path)  # seed 5 -> 0, max_new_tokens unchanged: not refused
     assert json.loads((tmp_path / workdir_lib.CONFIG).read_text())["config"]["seed"] == 0
     assert any("replaced: no results were made under it (seed: 5 -> 0)" in m for m in logs)
-    assert not (tmp_path / workdir_lib.CALIBRATION).exists()
+    assert not any((tmp_path / name).exists() for name in made_under_it)
     assert len(records_lib.load_records(tmp_path / workdir_lib.RESULTS)) == 2
     with pytest.raises(workdir_lib.IncompatibleWorkdirError, match="seed: 0 -> 5"):
         _run(tmp_path, ARG + ",seed=5")  # now it holds results: refused as before

@@ -152,3 +152,33 @@ def test_rate_choice_agrees_with_efficiency_when_forwards_are_free_of_width_and_
     # a costly draft call: fewer levels win
     dear = ss.CostCurves(target={1: 1.0}, draft={1: 1.0})
     assert len(ss.best_rate_branching(t, 14, 5, dear)[0]) < len(ss.best_branching(t, 14, 5)[0])
+
+
+def test_race_finalists_are_the_cost_models_leaders_over_all_sizes_plus_its_best_chain():
+    from experiments.speculative import race
+
+    t = _table([[0.6, 0.75, 0.82, 0.86], [0.55, 0.7, 0.8, 0.85]])
+    costs = ss.CostCurves(target={1: 1.0, 7: 1.1, 31: 2.0}, draft={1: 0.05, 8: 0.2})
+    got = race.finalists(t, costs, max_budget=14, max_depth=5, count=3)
+    rated = sorted(
+        (
+            (ss.predicted_rate(t, s, costs), s)
+            for b in range(1, 15)
+            for s in ss.shapes_for_budget(b, 4, 5)
+        ),
+        key=lambda x: (-x[0], len(x[1])),
+    )
+    assert got[:3] == [s for _, s in rated[:3]]  # the leaders, best first, any size
+    chain = next(s for _, s in rated if set(s) == {1})
+    assert chain in got and len(got) == (3 if chain in got[:3] else 4)
+    # a cheap draft and a flat target: wide trees lead, so the chain is appended
+    flat = ss.CostCurves(target={1: 1.0}, draft={1: 0.0})
+    got = race.finalists(t, flat, max_budget=14, max_depth=5, count=2)
+    assert len(got) == 3 and set(got[-1]) == {1} and all(ss.nodes(s) == 14 for s in got[:2])
+
+
+def test_race_winner_is_the_fastest_and_the_better_predicted_on_a_tie():
+    from experiments.speculative import race
+
+    assert race.winner({"rsd_c:3-1": 10.0, "rsd_c:1-1": 12.5, "rsd_c:2": 9.0}) == "rsd_c:1-1"
+    assert race.winner({"rsd_c:3-1": 10.0, "rsd_c:1-1": 10.0}) == "rsd_c:3-1"

@@ -111,7 +111,8 @@ SPECULATIVE_SECTIONS = {
         auto_max_depth=6,  # cap on L
         auto_draft_cost=0.0,  # r in eta / (1 + r L); 0 maximises block efficiency
         # also, per budget, the RSD-C shape with the best predicted token rate on this
-        # machine: both models' forward cost by scored tokens is timed at calibration
+        # machine (both models' forward cost by scored tokens is timed at calibration),
+        # and the fastest of the model's leaders raced on the calibration prompts
         auto_rate=False,
     ),
     "report": dict(

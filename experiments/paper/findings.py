@@ -244,11 +244,13 @@ def auto_shapes(
     wd: load.Workdir, auto_points, hand_points, every_point
 ) -> tuple[list[str], str, str]:
     """``auto_shape`` against the best hand-picked shape of its budget (block efficiency),
-    and the ``auto_rate`` shape predicted fastest against the fastest hand-picked method
-    (token rate on this machine). The best hand-picked is chosen after the fact by point
-    estimate, which favours it; the auto-rate shape is the one the cost model ranked first,
-    chosen before any evaluated prompt ran. ``hand_points``: the fixed-budget sweep's;
-    ``every_point``: every hand-picked point of every perspective (for the fastest)."""
+    and the ``auto_rate`` shape against the fastest hand-picked method (token rate on this
+    machine). The best hand-picked is chosen after the fact by point estimate, which
+    favours it; the auto-rate shape is the winner of its race on the calibration prompts
+    (:mod:`experiments.speculative.race`), or in a workdir from before the race the shape
+    the cost model ranked first; either was chosen before any evaluated prompt ran.
+    ``hand_points``: the fixed-budget sweep's; ``every_point``: every hand-picked point of
+    every perspective (for the fastest)."""
     table, costs = load.calibration(wd)
     lines = [
         "| task | B | auto shape | best hand-picked | auto / best (block efficiency) |",
@@ -282,12 +284,14 @@ def auto_shapes(
             hand = [q for q in every_point if q.task == task and q.rate_ratio]
             if not mine or not hand:
                 continue
-            pick = max(mine, key=lambda p: _predicted(table, p.text, costs))
+            raced = [p for p in mine if " auto rate raced " in p.label]
+            pick = raced[0] if raced else max(mine, key=lambda p: _predicted(table, p.text, costs))
             best = max(hand, key=lambda q: q.rate_ratio)
             c = ms.compare_rate(wd, pick.text, best.text, task)
             rate.append((task, c.verdict))
+            how = ", raced" if raced else ""
             rate_lines.append(
-                f"| {task} | {pick.shape} ({_predicted(table, pick.text, costs):.2f}) | "
+                f"| {task} | {pick.shape} ({_predicted(table, pick.text, costs):.2f}{how}) | "
                 f"{best.name} {best.shape} ({best.rate_ratio:.2f}) | {fmt(c)} |"
             )
     return lines + rate_lines, _verdicts(eff, _holds), _verdicts(rate, _holds)

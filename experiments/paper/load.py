@@ -15,8 +15,9 @@ from pathlib import Path
 
 from experiments.configs import common
 from experiments.speculative import plan as plan_lib
+from experiments.speculative import race, shape_search
 from experiments.speculative import settings as settings_lib
-from experiments.speculative import shape_search
+from experiments.speculative import workdir as workdir_lib
 
 SWEEP_METHODS = "sd+spectr+rsd_c+rsd_s"
 # The paper's Table (Llama 2-7B target, 115M draft, XSum, T = 0.3): shape -> block efficiency.
@@ -140,6 +141,14 @@ def calibration(wd: Workdir):
     return table, shape_search.CostCurves.from_json(json.loads(costs.read_text())["curves"])
 
 
+def raced(wd: Workdir) -> str | None:
+    """The method text that won ``auto_rate``'s race (``race.json``), or None."""
+    path = wd.path / workdir_lib.RACE
+    if not path.is_file():
+        return None
+    return race.winner(json.loads(path.read_text())["rates"])
+
+
 def specs(wd: Workdir, perspective: str) -> list[plan_lib.RunSpec]:
     """The run specs (AR excluded) of one perspective under the workdir's stored config;
     ``auto``: the shapes ``auto_shape`` (and ``auto_rate``) chose, from the stored
@@ -157,7 +166,8 @@ def specs(wd: Workdir, perspective: str) -> list[plan_lib.RunSpec]:
             return []
         keys |= dict(auto_shape=True, auto_rate=costs is not None)
     settings = settings_lib.from_config(common.speculative(None, **keys))
-    out = [s for s in plan_lib.plan(settings, table, costs) if s.text != "ar"]
+    fastest = raced(wd) if costs is not None else None
+    out = [s for s in plan_lib.plan(settings, table, costs, fastest) if s.text != "ar"]
     if perspective == "auto":
         out = [s for s in out if s.note.startswith(plan_lib.AUTO_NOTE)]
     return out

@@ -10,7 +10,7 @@ from experiments.common import distributed, strict_json
 from experiments.speculative import shape_search
 from experiments.speculative.settings import Settings
 from experiments.speculative.timed import TimedGenerator, prompt_rng_key
-from experiments.speculative.workdir import CALIBRATION
+from experiments.speculative.workdir import CALIBRATION, COSTS
 from rsd_jax import methods
 
 
@@ -57,9 +57,6 @@ def calibrate(
     tmp.write_text(strict_json.dumps({"settings": stored_as, "table": table.to_json()}, indent=2))
     tmp.replace(path)
     return table
-
-
-COSTS = "costs.json"
 
 
 def cost_widths(settings: Settings, width: int) -> tuple[list[int], list[int]]:

@@ -12,6 +12,7 @@ parts live beside it:
 - :mod:`~experiments.speculative.timed`: timed generation of one prompt with one method
   (warm-up, clocks, per-prompt keys);
 - :mod:`~experiments.speculative.calibration`: ``auto_shape``'s acceptance calibration;
+- :mod:`~experiments.speculative.race`: ``auto_rate``'s finalists timed on this machine;
 - :mod:`~experiments.speculative.summary`, :mod:`experiments.reporting`: the summary,
   table and plots.
 
@@ -46,7 +47,7 @@ from experiments.common.records import (
 )
 from experiments.reporting import plots, tables
 from experiments.speculative import plan as plan_lib
-from experiments.speculative import shape_search, sources
+from experiments.speculative import race, shape_search, sources
 from experiments.speculative import summary as summary_lib
 from experiments.speculative.calibration import calibrate, calibration_prompts, cost_curves
 from experiments.speculative.settings import Settings
@@ -209,11 +210,16 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
             settings, bundle, calib_prompts, calib_bucket, workdir, log, layout, prompts
         )
         log("Calibrated acceptance A_d(b) (mean, visited nodes):\n" + shape_search.describe(table))
-        costs = None
+        costs = raced = None
         if settings.auto.rate:
             costs = cost_curves(settings, bundle, table.width, workdir, log)
             log(f"forward seconds by scored tokens: {costs.to_json()}")
-        specs = plan_lib.plan(settings, table, costs)
+            auto = settings.auto
+            shapes = race.finalists(table, costs, max(settings.sweep.budgets), auto.max_depth)
+            raced, _ = race.race(
+                settings, bundle, calib_prompts, calib_bucket, shapes, workdir, log, layout
+            )
+        specs = plan_lib.plan(settings, table, costs, raced)
         shapes = plan_lib.describe(specs)
         log("Shapes with auto_shape=true:\n" + shapes)
         if main:

@@ -72,7 +72,7 @@ def _with_ar(specs: list[RunSpec]) -> list[RunSpec]:
     return [_spec("ar")] + rest
 
 
-def plan(settings, calibration=None, costs=None) -> list[RunSpec]:
+def plan(settings, calibration=None, costs=None, raced=None) -> list[RunSpec]:
     """The run specs of a job (AR always first).
 
     Args:
@@ -84,6 +84,8 @@ def plan(settings, calibration=None, costs=None) -> list[RunSpec]:
       costs: with ``auto.rate``, the measured
         :class:`experiments.speculative.shape_search.CostCurves`; each budget then also
         gets the RSD-C shape with the best predicted token rate.
+      raced: with ``auto.rate``, the method text that won :func:`race.race` on this
+        machine; it is added once, at its own number of nodes.
 
     Raises:
       ValueError: unknown method, malformed shape, unknown sweep, or a shape that does
@@ -117,6 +119,8 @@ def plan(settings, calibration=None, costs=None) -> list[RunSpec]:
             specs += auto_specs(calibration, sweep.budgets, auto.max_depth, auto.draft_cost)
             if auto.rate and costs is not None:
                 specs += auto_rate_specs(calibration, sweep.budgets, auto.max_depth, costs)
+                if raced is not None:
+                    specs.append(raced_spec(raced))
         return _with_ar(specs)
     raise ValueError(f"unknown sweep {sweep.kind!r}; choose none, length or budget")
 
@@ -250,6 +254,14 @@ def auto_rate_specs(calibration, budgets, max_depth: int, costs) -> list[RunSpec
         note = f"{AUTO_NOTE} rate (predicted {value:.2f}x AR from the measured forward costs)"
         specs.append(_spec(text, f"B={budget} auto rate {text}", budget, note))
     return specs
+
+
+def raced_spec(text: str) -> RunSpec:
+    """The shape that decoded fastest on the calibration prompts (label ``B=.. auto rate
+    raced rsd_c:..``, at its own number of nodes)."""
+    budget = methods.parse(text).budget
+    note = f"{AUTO_NOTE} rate (fastest of the cost model's finalists, raced on this machine)"
+    return _spec(text, f"B={budget} auto rate raced {text}", budget, note)
 
 
 def describe(specs: list[RunSpec]) -> str:

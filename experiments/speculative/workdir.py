@@ -47,7 +47,9 @@ COMPAT_KEYS = (
 )  # and the sampling each dataset gets (:func:`sampling_by_dataset`)
 # Keys added after workdirs existed, with the value that reproduces what those workdirs hold.
 ADDED_KEYS = {"draft_vocab": 0, "draft_weights": "float", "target_weights": "float", "batch": 1}
-CALIBRATION = "calibration.json"
+CALIBRATION = "calibration.json"  # auto_shape's acceptance table
+COSTS = "costs.json"  # auto_rate's forward seconds by scored tokens
+RACE = "race.json"  # auto_rate's finalists timed on the calibration prompts
 LAYOUT_KEYS = ("dtype", "target_weights", "draft_weights")  # models.layout of the info
 
 
@@ -138,7 +140,8 @@ def check_workdir(workdir: Path, settings: Settings, info: dict | None, log=None
     if info is None:
         return
     if diff:  # no results: nothing made under the old config is kept
-        (workdir / CALIBRATION).unlink(missing_ok=True)
+        for name in (CALIBRATION, COSTS, RACE):
+            (workdir / name).unlink(missing_ok=True)
         if log is not None:
             log(f"{path} replaced: no results were made under it ({'; '.join(diff)})")
     workdir.mkdir(parents=True, exist_ok=True)
