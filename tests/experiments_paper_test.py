@@ -248,7 +248,8 @@ def test_run_dry_run_lists_stages_and_skips_finished_ones(tmp_path):
         "--prompts=8+16",
         "--dry_run",
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    kw = dict(capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, **kw).stdout
     stages = [line.split(":")[0] for line in out.splitlines() if line.startswith("==")]
     assert stages == [
         "== 0.5b lossless (0 prompts)",
@@ -259,6 +260,17 @@ def test_run_dry_run_lists_stages_and_skips_finished_ones(tmp_path):
         "== 0.5b length (16 prompts)",
         "== 0.5b table (16 prompts)",
         "== 0.5b auto (16 prompts)",
+    ]
+    # by default: the 0.5B and the paper-regime draft (trained first), at 8 then 16 prompts
+    plain = subprocess.run([*cmd[:4], f"--root={tmp_path}", "--dry_run"], **kw).stdout
+    heads = [line.split(" (")[0] for line in plain.splitlines() if line.startswith("==")]
+    assert heads[0] == "== 0.5b lossless" and heads[8] == "== pruned distill"
+    assert [h.split()[1] for h in heads] == ["0.5b"] * 8 + ["pruned"] * 10
+    budgets = [h for h in plain.splitlines() if " budget (" in h]
+    assert [b.split(":")[0] for b in budgets] == [  # the 0.5B's 8 are finished
+        "== 0.5b budget (16 prompts)",
+        "== pruned budget (8 prompts)",
+        "== pruned budget (16 prompts)",
     ]
     bad = subprocess.run([*cmd[:-2], "--prompts=16+8", "--dry_run"], capture_output=True, text=True)
     assert bad.returncode != 0 and "increasing" in bad.stderr

@@ -1,6 +1,6 @@
 """Runs the paper's experiment on the real pair and writes its report.
 
-    python -m experiments.paper run --root=/work/runs/paper          # resumable, hours
+    python -m experiments.paper run --root=/work/runs/paper          # resumable, ~6 h
     python -m experiments.paper report --root=/work/runs/paper --out=docs/paper
 
 ``run`` works through stages, one real-model process at a time: for each draft regime its
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.paper.regimes import REGIMES, Regime
+from experiments.paper.regimes import DEFAULT_PROMPTS, DEFAULT_REGIMES, REGIMES, Regime
 
 TASKS = "summarise+translate+chat+humaneval"
 COMMON = f"dataset={TASKS},probes=true,progress=false"
@@ -148,8 +148,10 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the stages (resumable)")
     r.add_argument("--root", required=True, help="directory of the regimes' workdirs")
-    r.add_argument("--regimes", default="+".join(REGIMES), help=f"of {sorted(REGIMES)}, '+'")
-    r.add_argument("--prompts", default="8+16+24+32", help="prompt counts in all, increasing")
+    r.add_argument(
+        "--regimes", default="+".join(DEFAULT_REGIMES), help=f"of {sorted(REGIMES)}, '+'"
+    )
+    r.add_argument("--prompts", default=DEFAULT_PROMPTS, help="prompt counts in all, increasing")
     r.add_argument("--dry_run", action="store_true", help="print the commands only")
     p = sub.add_parser("report", help="figures and findings.md from the records")
     p.add_argument("--root", required=True)
