@@ -320,12 +320,21 @@ def test_trees_are_compared_with_the_fastest_chain_of_any_perspective(tmp_path):
         rows.append(_rec(p, "sd:6", "SD", "a", 8, 32, 8.0))  # 1.5x AR
         rows.append(_rec(p, "sd:3", "SD", "a", 8, 32, 6.0))  # 2.0x AR: a fixed-length chain
         rows.append(_rec(p, "rsd_s:3x2", "RSD-S", "a", 8, 32, 5.0))  # 2.4x AR
+        rows.append(_rec(p, "spectr:2x2", "SpecTr", "a", 8, 32, 4.0))  # 3x AR: a Table shape
     wd = _workdir(tmp_path, rows)
     budget = ms.points(wd, "budget")
     lines, wins = wallclock.trees_vs_chain(wd, budget, budget + ms.points(wd, "length"))
     row = next(x for x in lines if x.startswith("| chat | 6 |"))
     assert "SD L=3 (2.00)" in row and "1.200 [1.200, 1.200] >" in row
     assert wins == ["chat, B=6: RSD-S beam W=3 L=2 (B=6)"]
+    assert not any("other perspectives" in x for x in lines)
+    # trees of the other perspectives (here the Table's SpecTr 2x2, B = 4) get a row too
+    table = ms.points(wd, "table")
+    chains = budget + ms.points(wd, "length")
+    lines, wins = wallclock.trees_vs_chain(wd, budget, chains, table)
+    row = next(x for x in lines if "other perspectives" in x)
+    assert row.startswith("| chat | 4 (other perspectives) | SpecTr") and "1.500" in row
+    assert wins[-1] == "chat, B=4: SpecTr iid 2x2 (B=4, L=2)"
     # only the fixed-budget chain: the tree is 1.6x it
     lines, _ = wallclock.trees_vs_chain(wd, budget)
     assert "1.600" in next(x for x in lines if x.startswith("| chat | 6 |"))

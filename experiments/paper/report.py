@@ -196,7 +196,8 @@ def regime_section(wd, out: Path, regime: Regime | None = None, root: Path | Non
     md += ["### Evidence: acceptance by depth and by sibling rank", ""]
     md += _acceptance(wd, length + budget) + [""]
     if budget:
-        rows, wins = wallclock.trees_vs_chain(wd, budget, budget + length + table)
+        others = length + table + auto
+        rows, wins = wallclock.trees_vs_chain(wd, budget, budget + length + table, others)
         md += ["### Token rate on this CPU: best tree against the best chain", ""]
         md += [
             "Trees ahead of every chain (interval above 1): "

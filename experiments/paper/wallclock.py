@@ -73,11 +73,13 @@ def model_check(points, costs) -> list[str]:
     return lines
 
 
-def trees_vs_chain(wd, points, chains=None) -> tuple[list[str], list[str]]:
+def trees_vs_chain(wd, points, chains=None, others=()) -> tuple[list[str], list[str]]:
     """Markdown rows: per (task, B) of the fixed-budget ``points`` the best tree over the
     best chain in token rate, and the (task, B) cells where a tree is ahead with its
     interval above 1. The chains are the SD points of ``chains`` (default ``points``):
-    pass every perspective's so that the best L of all counts."""
+    pass every perspective's so that the best L of all counts. ``others``: trees of the
+    other perspectives (the Table's shapes, the fixed-length sweep, the calibrated
+    shapes, budgets below 6 among them); per task the fastest of them gets a row too."""
     chains = points if chains is None else chains
     lines = [
         "| task | B | best tree (x AR) | best chain (x AR) | tree / chain |",
@@ -105,6 +107,17 @@ def trees_vs_chain(wd, points, chains=None) -> tuple[list[str], list[str]]:
             )
             if c is not None and c.verdict == ">":
                 wins.append(f"{task}, B={budget}: {tree.name} {tree.shape}")
+        rest = [p for p in others if p.task == task and p.name in TREES and p.rate_ratio]
+        if rest:
+            tree = max(rest, key=lambda p: p.rate_ratio)
+            c = ms.compare_rate(wd, tree.text, chain.text, task)
+            lines.append(
+                f"| {task} | {tree.budget} (other perspectives) | {tree.name} {tree.shape} "
+                f"({tree.rate_ratio:.2f}) | SD L={chain.length} ({chain.rate_ratio:.2f}) | "
+                f"{_fmt(c)} |"
+            )
+            if c is not None and c.verdict == ">":
+                wins.append(f"{task}, B={tree.budget}: {tree.name} {tree.shape}")
     return lines, wins
 
 
