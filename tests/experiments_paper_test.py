@@ -3,6 +3,7 @@ projection and the whole report, on synthetic workdirs whose answers are known."
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import subprocess
@@ -330,6 +331,8 @@ def test_trees_are_compared_with_the_fastest_chain_of_any_perspective(tmp_path):
     assert not any("other perspectives" in x for x in lines)
     # trees of the other perspectives (here the Table's SpecTr 2x2, B = 4) get a row too
     table = ms.points(wd, "table")
+    # an RSD-C branching of all ones is a chain: never the tree of that row, however fast
+    table.append(dataclasses.replace(table[0], text="rsd_c:1-1-1", name="RSD-C", rate_ratio=4.0))
     chains = budget + ms.points(wd, "length")
     lines, wins = wallclock.trees_vs_chain(wd, budget, chains, table)
     row = next(x for x in lines if "other perspectives" in x)

@@ -107,7 +107,11 @@ def trees_vs_chain(wd, points, chains=None, others=()) -> tuple[list[str], list[
             )
             if c is not None and c.verdict == ">":
                 wins.append(f"{task}, B={budget}: {tree.name} {tree.shape}")
-        rest = [p for p in others if p.task == task and p.name in TREES and p.rate_ratio]
+        rest = [
+            p
+            for p in others
+            if p.task == task and p.name in TREES and p.rate_ratio and not _is_chain(p.text)
+        ]
         if rest:
             tree = max(rest, key=lambda p: p.rate_ratio)
             c = ms.compare_rate(wd, tree.text, chain.text, task)
@@ -143,6 +147,12 @@ def projection(points, chains=(), curve=None, rhos=DRAFT_RATIOS) -> list[str]:
         if sds:
             lines.append(f"| {task} | any chain | " + " | ".join(best(sds, r) for r in rhos) + " |")
     return lines
+
+
+def _is_chain(text: str) -> bool:
+    """An RSD-C branching of all ones (``rsd_c:1-1-1``): a chain drafted as a tree."""
+    name, _, shape = text.partition(":")
+    return name == "rsd_c" and set(shape.split("-")) == {"1"}
 
 
 def _fmt(c) -> str:
