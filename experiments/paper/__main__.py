@@ -1,6 +1,6 @@
 """Runs the paper's experiment on the real pair and writes its report.
 
-    python -m experiments.paper run --root=/work/runs/paper          # resumable, ~6 h
+    python -m experiments.paper run --root=/work/runs/paper          # resumable, ~7 h
     python -m experiments.paper report --root=/work/runs/paper --out=docs/paper
 
 ``run`` works through stages, one real-model process at a time: for each draft regime its
