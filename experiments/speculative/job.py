@@ -215,9 +215,9 @@ def _run_locked(settings, workdir, specs, model_source, prompt_source, on_record
             costs = cost_curves(settings, bundle, table.width, workdir, log)
             log(f"forward seconds by scored tokens: {costs.to_json()}")
             auto = settings.auto
-            shapes = race.finalists(table, costs, max(settings.sweep.budgets), auto.max_depth)
+            finalists = race.finalists(table, costs, max(settings.sweep.budgets), auto.max_depth)
             raced, _ = race.race(
-                settings, bundle, calib_prompts, calib_bucket, shapes, workdir, log, layout
+                settings, bundle, calib_prompts, calib_bucket, finalists, workdir, log, layout
             )
         specs = plan_lib.plan(settings, table, costs, raced)
         shapes = plan_lib.describe(specs)
